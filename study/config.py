@@ -1,0 +1,213 @@
+"""Run settings as frozen dataclasses.
+
+Precedence is CLI > file > defaults. A trial's settings are a :class:`TrialConfig`
+(``model`` + ``train``); the same two sections are what a search-space YAML file and a
+``--config`` file declare (see :mod:`study.search_space`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from study.errors import ConfigError
+
+ALL_KS: tuple[int, ...] = (1, 5, 10, 50, 100)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How the two towers are built.
+
+    Attributes:
+        layers: widths of the tower body; the last one is the output embedding size (linear).
+        activation: a name in ``towers.ACTIVATIONS`` for every layer but the last.
+        body: a name in ``towers.BODIES`` (``mlp`` or ``deep_cross``).
+        dropout: dropout rate after each hidden layer (0 = none).
+        layer_norm: layer normalisation after each hidden layer.
+        cross_layers: number of ``tfrs.layers.dcn.Cross`` layers (``deep_cross`` body).
+        cross_projection_dim: low-rank size of the cross layers (0 = full rank).
+        cross_structure: ``stacked`` (cross then MLP) or ``parallel`` (concatenated).
+        embedding: a name in ``embeddings.EMBEDDINGS`` used for the id features.
+        embedding_dim: size of every feature embedding (user, time bucket, title id, words, genres).
+        qr_combiner, qr_bucket_fraction: quotient-remainder options.
+        md_num_blocks, md_alpha, md_min_dim: mixed-dimension options.
+        hash_bucket_fraction: hashing option (buckets = fraction × vocabulary size).
+        use_timestamp: query features include the time-bucket embedding and normalised time.
+        use_title_words: candidate features include the mean title-word embedding.
+        use_genres: candidate features include the mean genre embedding (when the data has genres).
+        normalize: L2-normalise both tower outputs (then logits are divided by ``temperature``).
+        temperature: softmax temperature of the retrieval loss.
+    """
+
+    layers: tuple[int, ...] = (64, 32)
+    activation: str = "relu"
+    body: str = "mlp"
+    dropout: float = 0.0
+    layer_norm: bool = False
+    cross_layers: int = 1
+    cross_projection_dim: int = 0
+    cross_structure: str = "stacked"
+    embedding: str = "full"
+    embedding_dim: int = 32
+    qr_combiner: str = "multiply"
+    qr_bucket_fraction: float = 1.0
+    md_num_blocks: int = 4
+    md_alpha: float = 0.3
+    md_min_dim: int = 4
+    hash_bucket_fraction: float = 0.25
+    use_timestamp: bool = True
+    use_title_words: bool = True
+    use_genres: bool = True
+    normalize: bool = False
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(int(u) for u in self.layers))
+        if not self.layers or any(u < 1 for u in self.layers):
+            raise ConfigError(f"model.layers: must be a non-empty list of positive ints, but got {list(self.layers)}")
+        if self.embedding_dim < 1:
+            raise ConfigError(f"model.embedding_dim: must be >= 1, but got {self.embedding_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout: must be in [0, 1), but got {self.dropout}")
+        if self.temperature <= 0:
+            raise ConfigError(f"model.temperature: must be > 0, but got {self.temperature}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one model is trained and evaluated.
+
+    Attributes:
+        optimizer: a name in ``train.OPTIMIZERS``.
+        learning_rate: optimizer learning rate.
+        momentum: SGD momentum / RMSprop momentum.
+        weight_decay: AdamW weight decay.
+        batch_size: training batch size (the in-batch softmax sees ``batch_size`` negatives).
+        epochs: maximum number of training epochs.
+        eval_every: evaluate on the validation split every N epochs (and after the last one).
+        patience: stop after this many evaluations without improvement (0 = never).
+        seed: seed of initialisation and shuffling.
+        ks: cut-offs of the top-k metrics.
+        metric: the metric a study optimises, e.g. ``top100`` (see ``train.METRIC_NAMES``).
+        jit: compile the training epoch with XLA.
+    """
+
+    optimizer: str = "adagrad"
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.004
+    batch_size: int = 2048
+    epochs: int = 30
+    eval_every: int = 1
+    patience: int = 0
+    seed: int = 0
+    ks: tuple[int, ...] = ALL_KS
+    metric: str = "top100"
+    jit: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ks", tuple(sorted({int(k) for k in self.ks})))
+        if self.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate: must be > 0, but got {self.learning_rate}")
+        if self.batch_size < 2:
+            raise ConfigError(f"train.batch_size: must be >= 2, but got {self.batch_size}")
+        if self.epochs < 1:
+            raise ConfigError(f"train.epochs: must be >= 1, but got {self.epochs}")
+        if self.eval_every < 1:
+            raise ConfigError(f"train.eval_every: must be >= 1, but got {self.eval_every}")
+        if self.patience < 0:
+            raise ConfigError(f"train.patience: must be >= 0, but got {self.patience}")
+        if not self.ks or min(self.ks) < 1:
+            raise ConfigError(f"train.ks: must be positive ints, but got {list(self.ks)}")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything needed to build and train one model: the unit a trial samples."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """A JSON-friendly nested dict (tuples become lists)."""
+        return {
+            "model": _jsonable(dataclasses.asdict(self.model)),
+            "train": _jsonable(dataclasses.asdict(self.train)),
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, source: str = "config") -> TrialConfig:
+        """Build from ``{"model": {...}, "train": {...}}``; unknown keys raise ``ConfigError``."""
+        unknown = set(values) - {"model", "train"}
+        if unknown:
+            raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; valid sections are ['model', 'train']")
+        return cls(
+            model=_build(ModelConfig, values.get("model", {}), f"{source}: model"),
+            train=_build(TrainConfig, values.get("train", {}), f"{source}: train"),
+        )
+
+    def replace(self, **sections: Mapping[str, Any]) -> TrialConfig:
+        """A copy with some fields changed, e.g. ``cfg.replace(train={"epochs": 5})``."""
+        model = dataclasses.replace(self.model, **sections.get("model", {}))
+        train = dataclasses.replace(self.train, **sections.get("train", {}))
+        return TrialConfig(model=model, train=train)
+
+
+def field_names(cls: type) -> tuple[str, ...]:
+    """Names of a config dataclass's fields, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where}: must be a mapping, but got {values!r}")
+    names = field_names(cls)
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key; valid keys are {list(names)}")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        kwargs[f.name] = _coerce(values[f.name], f.default if f.default is not dataclasses.MISSING else None, where, f.name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, where: str, name: str) -> Any:
+    """Coerce a YAML/CLI value to the type of the field's default; a wrong type is a ConfigError."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
+                return value.lower() in {"true", "yes", "1"}
+            raise TypeError
+        if isinstance(default, int):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if isinstance(default, str):
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                value = [v for v in value.replace("-", ",").split(",") if v.strip()]
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                value = [value]
+            return tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        kind = type(default).__name__ if not isinstance(default, tuple) else "list of ints"
+        raise ConfigError(f"{where}.{name}: must be {kind}, but got {value!r}") from None
+    return value
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
