@@ -211,3 +211,51 @@ def _coerce(value: Any, default: Any, where: str, name: str) -> Any:
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Settings of ``python -m study run`` (CLI > space file's ``run:`` section > these defaults).
+
+    Attributes:
+        space: search-space name (in ``search_spaces/``) or path.
+        dataset: data source spec (``embedded``, ``grouplens:PATH``, ``tfds:NAME``, ``csv:PATH``).
+        protocol: split protocol (``random``, ``temporal``, ``tutorial``).
+        storage: Optuna storage URL (``sqlite:///study.db``, ``postgresql://…``, ``journal:PATH``).
+        study_name: Optuna study name (default: ``<dataset>-<space>``).
+        sampler, pruner: names in ``runner.SAMPLERS`` / ``runner.PRUNERS``.
+        trials: target number of finished (complete + pruned) trials in the study.
+        timeout: seconds after which no new trial starts (None = no limit).
+        max_epochs: overrides ``train.epochs`` of every trial.
+        eval_every: overrides ``train.eval_every``.
+        metric: the validation metric to maximise (``top100``, ``recall10``, …).
+        seed: seed of the sampler (and of every trial's training) for reproducible studies.
+        baselines: enqueue the TFRS tutorial's configs as the first trials when the space admits them.
+        objectives: names of the study's objectives (one = single-objective).
+        max_embedding_mb: reject configurations whose embedding tables exceed this many MiB.
+        patience: stop a trial after this many evaluations without improvement (0 = off).
+        jobs: worker processes on this machine.
+        test_best: re-train the best trial and score it on the test split at the end.
+        quiet: no per-trial lines.
+    """
+
+    space: str = "default"
+    dataset: str = "embedded"
+    protocol: str = "random"
+    storage: str = "sqlite:///study.db"
+    study_name: str | None = None
+    sampler: str = "tpe"
+    pruner: str = "hyperband"
+    trials: int = 100
+    timeout: float | None = None
+    max_epochs: int | None = None
+    eval_every: int | None = None
+    metric: str = "top100"
+    seed: int | None = None
+    baselines: bool = False
+    objectives: tuple[str, ...] = ()
+    max_embedding_mb: float | None = None
+    patience: int | None = None
+    jobs: int = 1
+    test_best: bool = True
+    quiet: bool = False

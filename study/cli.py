@@ -1,0 +1,381 @@
+"""Command line: ``python -m study <command>``.
+
+Exit codes: 0 success, 1 bad input or a failed command (one-line ``error:`` message; ``--debug`` shows the
+traceback), 2 usage error (argparse), 130 interrupted by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import study  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from study.errors import ConfigError, StudyError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``1.5h`` → seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text or "")
+    if not match:
+        raise ConfigError(f"--timeout: expected a duration like 90s, 30m or 2h, but got {text!r}")
+    value = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    if value <= 0:
+        raise ConfigError(f"--timeout: must be > 0, but got {text!r}")
+    return value
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default=None, help="embedded (default), grouplens:PATH, tfds:NAME or csv:PATH")
+    p.add_argument("--protocol", default=None, help="split protocol: random (default), temporal or tutorial")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("-q", "--quiet", action="store_true", help="print less")
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def _train_parser(sub: Any) -> None:
+    p = sub.add_parser("train", help="train one config and print a line per epoch (try a config before a search)")
+    _add_data_args(p)
+    p.add_argument("--config", help="YAML file with fixed model:/train: values (the search-space schema)")
+    p.add_argument("--layers", help="tower widths, e.g. 64,32 (the last is the output embedding size)")
+    p.add_argument("--activation")
+    p.add_argument("--body", help="mlp or deep_cross")
+    p.add_argument("--embedding", help="embedding technique, e.g. full")
+    p.add_argument("--embedding-dim", type=int)
+    p.add_argument("--optimizer")
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--metric", help="metric picking the best epoch (default top100)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-jit", action="store_true", help="do not compile the epoch with XLA")
+    p.add_argument("--test", action="store_true", help="also score the final model on the test split")
+    _add_common(p)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from study.config import TrialConfig
+
+    cfg = TrialConfig()
+    if args.config:
+        from study.search_space import load_config_file
+
+        cfg = load_config_file(args.config)
+    model_over = {
+        k: v
+        for k, v in {
+            "layers": args.layers,
+            "activation": args.activation,
+            "body": args.body,
+            "embedding": args.embedding,
+            "embedding_dim": args.embedding_dim,
+        }.items()
+        if v is not None
+    }
+    train_over = {
+        k: v
+        for k, v in {
+            "optimizer": args.optimizer,
+            "learning_rate": args.learning_rate,
+            "batch_size": args.batch_size,
+            "epochs": args.epochs,
+            "eval_every": args.eval_every,
+            "metric": args.metric,
+            "seed": args.seed,
+        }.items()
+        if v is not None
+    }
+    if args.no_jit:
+        train_over["jit"] = False
+    merged = cfg.to_dict()
+    merged["model"].update(model_over)
+    merged["train"].update(train_over)
+    cfg = TrialConfig.from_dict(merged, source="flags")
+
+    from study import data as data_mod
+    from study.train import Evaluator, Trainer, build_model, validate_config
+
+    validate_config(cfg)
+    data = data_mod.load(args.dataset or "embedded", args.protocol or "random")
+    print(
+        f"data: {data.dataset} ({data.protocol} split) train={len(data.train)} valid={len(data.valid)} "
+        f"test={len(data.test)} users={data.num_users - 1} items={data.num_items - 1}"
+    )
+    print(f"config: {cfg.to_dict()}")
+    model = build_model(cfg, data)
+    counts = model.param_counts()
+    print(f"params: {counts['total_params']:,} total, {counts['embedding_params']:,} in embedding tables")
+    metric = cfg.train.metric
+    shown = [f"top{k}" for k in cfg.train.ks]
+
+    def on_epoch(r: Any) -> None:
+        line = f"epoch {r.epoch:>3}/{cfg.train.epochs}  loss {r.loss:10.2f}  train {r.train_seconds:5.2f}s"
+        if r.metrics:
+            line += "  valid " + " ".join(f"{m}={r.metrics[m]:.4f}" for m in shown if m in r.metrics)
+            line += f"  (eval {r.eval_seconds:.2f}s)"
+        print(line, flush=True)
+
+    trainer = Trainer(model, data, cfg.train)
+    result = trainer.fit(callback=on_epoch, metric=metric)
+    print(
+        f"best epoch {result.best_epoch}: valid {metric}={result.best_value:.4f}; "
+        f"{result.seconds_per_epoch:.2f} s/epoch (median), {result.seconds:.1f} s in all"
+    )
+    if args.test:
+        metrics = Evaluator(model).evaluate(data.test, cfg.train.ks)
+        print("test (final weights): " + " ".join(f"{m}={metrics[m]:.4f}" for m in shown))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------- run
+
+
+def _run_parser(sub: Any) -> None:
+    p = sub.add_parser("run", help="run (or resume) a hyperparameter study")
+    p.add_argument("--trials", type=int, default=100, help="target number of finished trials (default 100)")
+    p.add_argument("--timeout", help="start no new trial after this long, e.g. 30m")
+    p.add_argument("--space", default="default", help="search space name in search_spaces/ or a YAML path")
+    _add_data_args(p)
+    p.add_argument("--storage", default="sqlite:///study.db", help="Optuna storage URL (default sqlite:///study.db)")
+    p.add_argument("--study-name", help="default: <dataset>-<space>")
+    p.add_argument("--sampler", default=None, help="tpe (default), random, cmaes, gp, qmc, nsga2")
+    p.add_argument("--pruner", default=None, help="hyperband (default), median, successive-halving, none")
+    p.add_argument("--max-epochs", type=int, help="cap every trial's epochs")
+    p.add_argument("--eval-every", type=int, help="evaluate every N epochs")
+    p.add_argument("--metric", default=None, help="validation metric to maximise (default top100)")
+    p.add_argument("--patience", type=int, help="stop a trial after N evaluations without improvement")
+    p.add_argument("--seed", type=int, help="seed the sampler and training: same seed, same sampled params")
+    p.add_argument("--baselines", action="store_true", help="enqueue the TFRS tutorial's configs as first trials")
+    p.add_argument("--objectives", help="comma-separated, e.g. top100,embedding_bytes (multi-objective)")
+    p.add_argument("--max-embedding-mb", type=float, help="prune configs whose embedding tables exceed this size")
+    p.add_argument("--no-test", action="store_true", help="skip re-training the best trial on the test split")
+    _add_common(p)
+
+
+def run_settings_from_args(args: argparse.Namespace) -> Any:
+    from study.config import RunSettings
+    from study.search_space import load_space
+
+    space = load_space(args.space)
+    file_run = dict(space.run)
+    defaults = RunSettings()
+
+    def pick(name: str, cli_value: Any) -> Any:
+        if cli_value is not None:
+            return cli_value
+        return file_run.get(name, getattr(defaults, name))
+
+    if args.max_epochs is not None and args.max_epochs < 1:
+        raise ConfigError(f"--max-epochs: must be >= 1, but got {args.max_epochs}")
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError(f"--trials: must be >= 1, but got {args.trials}")
+    objectives = tuple(o.strip() for o in args.objectives.split(",") if o.strip()) if args.objectives else ()
+    return RunSettings(
+        space=args.space,
+        dataset=pick("dataset", args.dataset),
+        protocol=pick("protocol", args.protocol),
+        storage=args.storage,
+        study_name=args.study_name,
+        sampler=pick("sampler", args.sampler),
+        pruner=pick("pruner", args.pruner),
+        trials=args.trials,
+        timeout=parse_duration(args.timeout) if args.timeout else None,
+        max_epochs=args.max_epochs,
+        eval_every=pick("eval_every", args.eval_every) if (args.eval_every or "eval_every" in file_run) else None,
+        metric=pick("metric", args.metric),
+        seed=args.seed,
+        baselines=args.baselines,
+        objectives=objectives,
+        max_embedding_mb=args.max_embedding_mb,
+        patience=args.patience,
+        test_best=not args.no_test,
+        quiet=args.quiet,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from study.runner import run_study
+
+    settings = run_settings_from_args(args)
+    summary = run_study(settings)
+    return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------- best / list
+
+
+def _storage_args(p: argparse.ArgumentParser, with_study: bool = True) -> None:
+    p.add_argument("--storage", default="sqlite:///study.db", help="Optuna storage URL (default sqlite:///study.db)")
+    if with_study:
+        p.add_argument("--study", "--study-name", dest="study_name", help="study name (default: the only/latest one)")
+
+
+def load_existing_study(storage_url: str, study_name: str | None) -> Any:
+    """Load a study for read-only commands; the name may be omitted when the storage holds one study."""
+    import optuna
+
+    from study.runner import _sqlite_path, mask_url, open_storage
+
+    path = _sqlite_path(storage_url)
+    if path is not None and not path.exists():
+        raise ConfigError(f"--storage {storage_url}: no such file; run `python -m study run` first")
+    storage = open_storage(storage_url, heartbeat=False)
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    names = [s.study_name for s in summaries]
+    if study_name is None:
+        if not names:
+            raise ConfigError(f"{mask_url(storage_url)} holds no study; run `python -m study run` first")
+        study_name = names[-1]
+    elif study_name not in names:
+        raise ConfigError(f"no study {study_name!r} in {mask_url(storage_url)}; studies there: {names}")
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def retrain_command(optuna_study: Any, trial: Any) -> str:
+    """The exact ``python -m study train`` command that re-trains a trial's config."""
+    cfg = trial.user_attrs.get("config", {})
+    attrs = optuna_study.user_attrs
+    m, t = cfg.get("model", {}), cfg.get("train", {})
+    parts = ["python -m study train", f"--dataset {attrs.get('dataset', 'embedded')}", f"--protocol {attrs.get('protocol', 'random')}"]
+    parts += [
+        f"--layers {','.join(str(u) for u in m.get('layers', []))}",
+        f"--activation {m.get('activation')}",
+        f"--body {m.get('body')}",
+        f"--embedding {m.get('embedding')}",
+        f"--embedding-dim {m.get('embedding_dim')}",
+        f"--optimizer {t.get('optimizer')}",
+        f"--learning-rate {t.get('learning_rate'):.6g}" if t.get("learning_rate") is not None else "",
+        f"--batch-size {t.get('batch_size')}",
+        f"--epochs {trial.user_attrs.get('best_epoch', t.get('epochs'))}",
+        f"--seed {t.get('seed')}",
+    ]
+    default_model = {"layers", "activation", "body", "embedding", "embedding_dim"}
+    default_train = {"optimizer", "learning_rate", "batch_size", "epochs", "seed"}
+    extra_m = {k: v for k, v in m.items() if k not in default_model}
+    extra_t = {k: v for k, v in t.items() if k not in default_train}
+    from study.config import TrialConfig
+
+    base = TrialConfig().to_dict()
+    differs = {k: v for k, v in extra_m.items() if base["model"].get(k) != v}
+    differs_t = {k: v for k, v in extra_t.items() if base["train"].get(k) != v and k not in ("eval_every", "patience")}
+    if differs or differs_t:
+        parts.append("--config trial.yaml  # with " + str({"model": differs, "train": differs_t}))
+    return " ".join(p for p in parts if p)
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    optuna_study = load_existing_study(args.storage, args.study_name)
+    if len(optuna_study.directions) > 1:
+        trials = optuna_study.best_trials
+        print(f"study {optuna_study.study_name!r}: {len(trials)} Pareto-optimal trials")
+        for t in trials:
+            print(f"  trial {t.number}: values={t.values} params={t.params}")
+        return EXIT_OK
+    try:
+        best = optuna_study.best_trial
+    except ValueError:
+        raise ConfigError(f"study {optuna_study.study_name!r} has no complete trial yet") from None
+    metric = optuna_study.user_attrs.get("metric", "top100")
+    print(f"study {optuna_study.study_name!r}: best trial {best.number}, valid {metric}={best.value:.4f} at epoch {best.user_attrs.get('best_epoch')}")
+    print("params:")
+    for key, value in best.params.items():
+        print(f"  {key}: {value}")
+    valid = best.user_attrs.get("valid_metrics", {})
+    if valid:
+        print("validation: " + " ".join(f"{k}={v:.4f}" for k, v in sorted(valid.items()) if k.startswith("top")))
+    test = optuna_study.user_attrs.get("test_metrics")
+    if test and optuna_study.user_attrs.get("test_trial") == best.number:
+        print("test:       " + " ".join(f"{k}={v:.4f}" for k, v in sorted(test.items()) if k.startswith("top")))
+    else:
+        print("test:       not measured yet (finish `python -m study run`)")
+    print("retrain:    " + retrain_command(optuna_study, best))
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import optuna
+
+    from study.runner import _sqlite_path, mask_url, open_storage
+
+    path = _sqlite_path(args.storage)
+    if path is not None and not path.exists():
+        raise ConfigError(f"--storage {args.storage}: no such file; run `python -m study run` first")
+    storage = open_storage(args.storage, heartbeat=False)
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=True)
+    if not summaries:
+        print(f"{mask_url(args.storage)}: no studies")
+        return EXIT_OK
+    print(f"{'study':<40} {'complete':>8} {'pruned':>7} {'failed':>7} {'running':>7}  best")
+    for s in summaries:
+        optuna_study = optuna.load_study(study_name=s.study_name, storage=storage)
+        counts: dict[str, int] = {}
+        for t in optuna_study.get_trials(deepcopy=False):
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        best = ""
+        if s.best_trial is not None and len(s.directions) == 1:
+            best = f"{s.best_trial.value:.4f} (trial {s.best_trial.number})"
+        print(
+            f"{s.study_name:<40} {counts.get('COMPLETE', 0):>8} {counts.get('PRUNED', 0):>7} "
+            f"{counts.get('FAIL', 0):>7} {counts.get('RUNNING', 0):>7}  {best}"
+        )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------- main
+
+_COMMANDS: dict[str, tuple[Callable[[Any], None], Callable[[argparse.Namespace], int]]] = {
+    "train": (_train_parser, cmd_train),
+    "run": (_run_parser, cmd_run),
+    "best": (lambda sub: _storage_args(sub.add_parser("best", help="print the best trial and how to retrain it")), cmd_best),
+    "list": (lambda sub: _storage_args(sub.add_parser("list", help="list the studies in a storage"), with_study=False), cmd_list),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m study",
+        description="Tower Study: hyperparameter-search studies for two-tower TFRS retrieval models.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add, _ in _COMMANDS.values():
+        add(sub)
+    for p in sub.choices.values():
+        if not any(a.dest == "debug" for a in p._actions):
+            p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_OK
+    _, handler = _COMMANDS[args.command]
+    try:
+        return handler(args)
+    except StudyError as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # an unexpected failure: one line unless --debug
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,153 @@
+"""A trial: sample → config → train → report to Optuna each evaluation → value and user attrs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from study.config import RunSettings, TrialConfig
+from study.data import EncodedData
+from study.errors import NonFiniteLossError
+from study.search_space import SearchSpace, suggest
+
+# Objectives a (multi-objective) study can optimise besides the validation metrics, and their directions.
+COST_OBJECTIVES: dict[str, str] = {
+    "embedding_bytes": "minimize",
+    "embedding_params": "minimize",
+    "total_params": "minimize",
+    "seconds_per_epoch": "minimize",
+}
+
+
+def objective_direction(name: str) -> str:
+    """``maximize`` for a validation metric (``top100``, ``ndcg10``, …), ``minimize`` for a cost."""
+    from study.train import metric_k
+
+    if name in COST_OBJECTIVES:
+        return COST_OBJECTIVES[name]
+    metric_k(name)  # raises ValueError for an unknown name
+    return "maximize"
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process, stored on each trial so a dead local worker's trial can be detected."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def apply_overrides(cfg: TrialConfig, settings: RunSettings) -> TrialConfig:
+    """Run-level settings that override what the space fixed or sampled (max epochs, eval cadence, metric, seed)."""
+    train: dict[str, Any] = {"metric": settings.metric}
+    if settings.max_epochs is not None:
+        train["epochs"] = settings.max_epochs
+    if settings.eval_every is not None:
+        train["eval_every"] = settings.eval_every
+    if settings.patience is not None:
+        train["patience"] = settings.patience
+    if settings.seed is not None:
+        train["seed"] = settings.seed
+    return cfg.replace(train=train)
+
+
+@dataclass
+class Objective:
+    """Callable Optuna objective over one search space and one encoded dataset.
+
+    Single-objective studies report ``settings.metric`` every evaluation and may be pruned; the trial's value is the
+    best evaluated value. Multi-objective studies return one value per name in ``settings.objectives``.
+    """
+
+    space: SearchSpace
+    data: EncodedData
+    settings: RunSettings
+    versions: dict[str, str]
+    on_epoch: Callable[[optuna.Trial, Any], None] | None = None
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        return self.settings.objectives or (self.settings.metric,)
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        cfg = apply_overrides(suggest(trial, self.space), self.settings)
+        trial.set_user_attr("config", cfg.to_dict())
+        trial.set_user_attr("worker", worker_id())
+        trial.set_user_attr("data_hash", self.data.data_hash)
+        trial.set_user_attr("versions", dict(self.versions))
+        trial.set_user_attr("max_epochs", cfg.train.epochs)
+        return self.run(trial, cfg)
+
+    def run(self, trial: optuna.Trial, cfg: TrialConfig) -> float | tuple[float, ...]:
+        from study.train import Trainer, build_model
+
+        metric = self.settings.metric
+        multi = len(self.objectives) > 1
+        start = time.perf_counter()
+        model = build_model(cfg, self.data)
+        counts = model.param_counts()
+        for key, value in counts.items():
+            trial.set_user_attr(key, value)
+        limit = self.settings.max_embedding_mb
+        if limit is not None and counts["embedding_bytes"] > limit * 2**20:
+            reason = f"embedding tables {counts['embedding_bytes'] / 2**20:.2f} MiB > --max-embedding-mb {limit}"
+            trial.set_user_attr("pruned_reason", reason)
+            trial.set_user_attr("epochs_run", 0)
+            raise optuna.TrialPruned(reason)
+        trainer = Trainer(model, self.data, cfg.train)
+        curve: list[list[float]] = []
+        losses: list[list[float]] = []
+        state: dict[str, Any] = {}
+
+        def record(result: Any, pruned_at: int | None = None) -> None:
+            trial.set_user_attr("learning_curve", curve)
+            trial.set_user_attr("loss_curve", losses)
+            trial.set_user_attr("epochs_run", len(losses))
+            trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+            epoch_times = [h.train_seconds for h in result.history[1:]] or [h.train_seconds for h in result.history]
+            if epoch_times:
+                trial.set_user_attr("seconds_per_epoch", round(sorted(epoch_times)[len(epoch_times) // 2], 4))
+            trial.set_user_attr("compile_seconds", round(result.compile_seconds, 3))
+            if result.best_metrics:
+                trial.set_user_attr("best_epoch", result.best_epoch)
+                trial.set_user_attr("valid_metrics", {k: round(v, 6) for k, v in result.best_metrics.items()})
+            if pruned_at is not None:
+                trial.set_user_attr("pruned_at_epoch", pruned_at)
+
+        def callback(epoch_result: Any) -> bool:
+            losses.append([epoch_result.epoch, round(epoch_result.loss, 4)])
+            if epoch_result.metrics is None:
+                return False
+            value = epoch_result.metrics[metric]
+            curve.append([epoch_result.epoch, round(value, 6)])
+            if self.on_epoch is not None:
+                self.on_epoch(trial, epoch_result)
+            if multi:
+                return False
+            trial.report(value, step=epoch_result.epoch)
+            if trial.should_prune():
+                state["pruned_at"] = epoch_result.epoch
+                raise optuna.TrialPruned(f"pruned at epoch {epoch_result.epoch} with {metric}={value:.4f}")
+            return False
+
+        try:
+            result = trainer.fit(callback=callback, metric=metric)
+        except optuna.TrialPruned:
+            record(trainer.result, pruned_at=state.get("pruned_at"))
+            raise
+        except NonFiniteLossError as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            trial.set_user_attr("epochs_run", exc.epoch)
+            raise
+        record(result)
+        trial.set_user_attr("stopped_early", result.stopped_early)
+        values = []
+        for name in self.objectives:
+            if name in COST_OBJECTIVES:
+                values.append(float(counts.get(name, trial.user_attrs.get(name, 0.0))))
+            else:
+                values.append(float(result.best_metrics.get(name, result.best_value)))
+        return tuple(values) if multi else values[0]

@@ -1,0 +1,363 @@
+"""Fast training loop and exact top-k evaluation.
+
+Where the time goes (measured, see README "Speed"): all string work is done once in :mod:`study.data`; the training
+split lives in memory as int tensors; each epoch draws one permutation on the host and runs *all* its batches inside
+one compiled ``tf.function`` (optionally XLA), so there is no per-step Python, no tf.data and no retracing between
+epochs. Evaluation scores every eval interaction against every candidate with one matmul per chunk and counts the
+true item's rank.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from study.config import ALL_KS, TrainConfig, TrialConfig
+from study.data import EncodedData, Interactions
+from study.errors import NonFiniteLossError
+from study.model import TwoTowerModel
+
+OPTIMIZERS: dict[str, Callable[[TrainConfig], tf.keras.optimizers.Optimizer]] = {
+    "adagrad": lambda c: tf.keras.optimizers.Adagrad(learning_rate=c.learning_rate),
+    "adam": lambda c: tf.keras.optimizers.Adam(learning_rate=c.learning_rate),
+    "adamw": lambda c: tf.keras.optimizers.AdamW(learning_rate=c.learning_rate, weight_decay=c.weight_decay),
+    "sgd": lambda c: tf.keras.optimizers.SGD(learning_rate=c.learning_rate, momentum=c.momentum),
+    "rmsprop": lambda c: tf.keras.optimizers.RMSprop(learning_rate=c.learning_rate, momentum=c.momentum),
+}
+
+METRIC_KINDS: tuple[str, ...] = ("top", "recall", "ndcg")
+METRIC_NAMES: tuple[str, ...] = tuple(f"{kind}{k}" for kind in METRIC_KINDS for k in ALL_KS)
+
+
+def build_optimizer(cfg: TrainConfig) -> tf.keras.optimizers.Optimizer:
+    """Build the optimizer named by ``cfg.optimizer``; an unknown name raises ``ValueError`` listing the valid ones."""
+    try:
+        factory = OPTIMIZERS[cfg.optimizer]
+    except KeyError:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid optimizers are {sorted(OPTIMIZERS)}") from None
+    return factory(cfg)
+
+
+def metric_k(metric: str) -> int:
+    """The cut-off of a metric name such as ``top100`` / ``recall10``; unknown names raise ``ValueError``."""
+    for kind in METRIC_KINDS:
+        if metric.startswith(kind) and metric[len(kind) :].isdigit():
+            return int(metric[len(kind) :])
+    raise ValueError(f"unknown metric {metric!r}; valid metrics look like {list(METRIC_NAMES)}")
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+
+def _features(split: Interactions) -> dict[str, np.ndarray]:
+    return {"user": split.user, "time_bucket": split.time_bucket, "time_norm": split.time_norm, "item": split.item}
+
+
+class Evaluator:
+    """Exact ranks of the true items among all candidates (row 0, the OOV item, is never a candidate).
+
+    ``rank`` = number of candidates scoring strictly higher than the true item, from one matmul, so the true item is
+    scored exactly like every other candidate (``tfrs.metrics.FactorizedTopK`` scores it separately, so rounding can
+    put it below its own copy). Top-k accuracy is ``mean(rank < k)``, FactorizedTopK's definition.
+    """
+
+    def __init__(self, model: TwoTowerModel, chunk: int = 4096) -> None:
+        self.model = model
+        self.chunk = chunk
+        spec = {
+            "user": tf.TensorSpec([None], tf.int32),
+            "time_bucket": tf.TensorSpec([None], tf.int32),
+            "time_norm": tf.TensorSpec([None], tf.float32),
+            "item": tf.TensorSpec([None], tf.int32),
+        }
+
+        @tf.function(input_signature=[spec, tf.TensorSpec([None, None], tf.float32)])
+        def _ranks(features: dict[str, tf.Tensor], candidates: tf.Tensor) -> tf.Tensor:
+            query = model.query_tower(features, training=False)  # [chunk, dim]
+            scores = tf.matmul(query, candidates, transpose_b=True)  # [chunk, num_items - 1]
+            true = tf.gather(scores, features["item"] - 1, axis=1, batch_dims=1)  # [chunk]
+            return tf.reduce_sum(tf.cast(scores > true[:, None], tf.int32), axis=1)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
+        def _candidates(items: tf.Tensor) -> tf.Tensor:
+            return model.candidate_tower(items, training=False)
+
+        self._ranks_fn = _ranks
+        self._candidates_fn = _candidates
+
+    def candidate_embeddings(self) -> tf.Tensor:
+        """``[num_items - 1, dim]``: every real candidate (rows 1..num_items-1)."""
+        return self._candidates_fn(tf.range(1, self.model.num_items, dtype=tf.int32))
+
+    def ranks(self, split: Interactions) -> np.ndarray:
+        """int [n]: 0-based rank of each interaction's true item among all candidates."""
+        candidates = self.candidate_embeddings()
+        feats = _features(split)
+        out = []
+        for start in range(0, len(split), self.chunk):
+            chunk = {k: tf.constant(v[start : start + self.chunk]) for k, v in feats.items()}
+            out.append(self._ranks_fn(chunk, candidates).numpy())
+        return np.concatenate(out) if out else np.zeros([0], np.int32)
+
+    def evaluate(self, split: Interactions, ks: tuple[int, ...] = ALL_KS) -> dict[str, float]:
+        """Top-k accuracy, recall@k and NDCG@k for each k (see :func:`metrics_from_ranks`)."""
+        return metrics_from_ranks(self.ranks(split), split.user, ks)
+
+
+def metrics_from_ranks(ranks: np.ndarray, users: np.ndarray, ks: tuple[int, ...] = ALL_KS) -> dict[str, float]:
+    """Metrics from 0-based ranks of the true items.
+
+    * ``top{k}``: fraction of interactions whose true item ranks in the top k (FactorizedTopK's top-k accuracy).
+    * ``recall{k}``: per user, the fraction of their eval interactions hit in the top k; averaged over users.
+    * ``ndcg{k}``: per user, ``sum_hits 1/log2(rank+2)`` over the ideal ``sum_{i<min(k, n_u)} 1/log2(i+2)``;
+      averaged over users.
+
+    Each interaction is ranked with its own query (the query tower sees the interaction's time).
+
+    Args:
+        ranks: int [n].
+        users: int [n], the user of each interaction.
+        ks: cut-offs.
+    """
+    ranks = np.asarray(ranks)
+    out: dict[str, float] = {}
+    if ranks.size == 0:
+        return {f"{kind}{k}": 0.0 for kind in METRIC_KINDS for k in ks}
+    _, user_idx, per_user = np.unique(users, return_inverse=True, return_counts=True)
+    discounts = 1.0 / np.log2(np.arange(max(ks)) + 2.0)
+    ideal_cumsum = np.cumsum(discounts)
+    for k in ks:
+        hit = ranks < k
+        out[f"top{k}"] = float(hit.mean())
+        user_hits = np.bincount(user_idx, weights=hit, minlength=per_user.size)
+        out[f"recall{k}"] = float(np.mean(user_hits / per_user))
+        gains = np.where(hit, 1.0 / np.log2(np.minimum(ranks, k) + 2.0), 0.0)
+        dcg = np.bincount(user_idx, weights=gains, minlength=per_user.size)
+        idcg = ideal_cumsum[np.minimum(per_user, k) - 1]
+        out[f"ndcg{k}"] = float(np.mean(dcg / idcg))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class EpochResult:
+    """What one epoch produced; ``metrics`` is None for epochs without evaluation."""
+
+    epoch: int
+    loss: float
+    train_seconds: float
+    eval_seconds: float = 0.0
+    metrics: dict[str, float] | None = None
+
+
+@dataclass
+class TrainResult:
+    """A finished (or early-stopped) training run."""
+
+    history: list[EpochResult] = field(default_factory=list)
+    best_epoch: int = 0
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    best_value: float = float("nan")
+    stopped_early: bool = False
+    param_counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    compile_seconds: float = 0.0
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        """Median training seconds per epoch (the first epoch, which compiles, excluded when possible)."""
+        times = [h.train_seconds for h in self.history[1:]] or [h.train_seconds for h in self.history]
+        return float(np.median(times)) if times else float("nan")
+
+    def curve(self, metric: str) -> list[tuple[int, float]]:
+        """``[(epoch, value)]`` of a metric over the evaluated epochs."""
+        return [(h.epoch, h.metrics[metric]) for h in self.history if h.metrics is not None and metric in h.metrics]
+
+
+EpochCallback = Callable[[EpochResult], Any]
+
+
+class Trainer:
+    """Trains a :class:`TwoTowerModel` on the training split of an :class:`EncodedData`.
+
+    The training split is held as constant int tensors. Each epoch: one host permutation of the rows (the last
+    partial batch is dropped, so every step has the same static shape and nothing retraces; with a fresh permutation
+    each epoch every row is still seen), then one compiled call runs every step of the epoch.
+    """
+
+    def __init__(self, model: TwoTowerModel, data: EncodedData, cfg: TrainConfig) -> None:
+        self.model = model
+        self.data = data
+        self.cfg = cfg
+        n = len(data.train)
+        self.batch_size = min(cfg.batch_size, n)
+        self.num_batches = max(1, n // self.batch_size)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.optimizer = build_optimizer(cfg)
+        self.variables = model.trainable_variables
+        self.optimizer.build(self.variables)
+        self._train = {k: tf.constant(v) for k, v in _features(data.train).items()}
+        self._epoch_fn = self._make_epoch_fn()
+        self.result = TrainResult()
+
+    def _make_epoch_fn(self) -> Callable[[tf.Tensor], tf.Tensor]:
+        model, optimizer, variables, train = self.model, self.optimizer, self.variables, self._train
+        batch_size, num_batches = self.batch_size, self.num_batches
+
+        def step(idx: tf.Tensor) -> tf.Tensor:
+            batch = {k: tf.gather(v, idx) for k, v in train.items()}
+            with tf.GradientTape() as tape:
+                loss = model.batch_loss(batch, training=True)
+            grads = tape.gradient(loss, variables)
+            # Dense gradients: same math for the embedding tables (rows with zero gradient do not move under
+            # Adagrad/SGD; Adam-family optimizers decay every row's moments either way) and no tf.unique under XLA.
+            grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+            optimizer.apply_gradients(zip(grads, variables, strict=True))
+            return loss
+
+        @tf.function(jit_compile=self.cfg.jit, input_signature=[tf.TensorSpec([num_batches * batch_size], tf.int32)])
+        def run_epoch(perm: tf.Tensor) -> tf.Tensor:
+            total = tf.constant(0.0)
+            for i in tf.range(num_batches):
+                idx = tf.slice(perm, [i * batch_size], [batch_size])  # static size (a Python slice is not, under XLA)
+                total += step(idx)
+            return total
+
+        return run_epoch
+
+    def train_epoch(self) -> float:
+        """Run one epoch; returns the summed loss over its batches."""
+        perm = self.rng.permutation(len(self.data.train))[: self.num_batches * self.batch_size].astype(np.int32)
+        return float(self._epoch_fn(tf.constant(perm)).numpy())
+
+    def fit(
+        self,
+        eval_split: Interactions | None = None,
+        callback: EpochCallback | None = None,
+        metric: str | None = None,
+    ) -> TrainResult:
+        """Train for ``cfg.epochs`` epochs, evaluating every ``cfg.eval_every`` epochs and after the last one.
+
+        Args:
+            eval_split: the split to evaluate on (default: validation).
+            callback: called after every epoch with its :class:`EpochResult`; a truthy return stops training.
+                It may raise (e.g. ``optuna.TrialPruned``), which propagates.
+            metric: the metric that picks the best epoch (default ``cfg.metric``).
+
+        Raises:
+            NonFiniteLossError: the loss became NaN/inf (carries the epoch).
+        """
+        cfg = self.cfg
+        metric = metric or cfg.metric
+        metric_k(metric)
+        eval_split = self.data.valid if eval_split is None else eval_split
+        evaluator = Evaluator(self.model)
+        ks = tuple(sorted(set(cfg.ks) | {metric_k(metric)}))
+        result = TrainResult(param_counts=self.model.param_counts())
+        self.result = result  # readable after an exception raised by the callback (e.g. pruning)
+        since_best = 0
+        start = time.perf_counter()
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            loss = self.train_epoch()
+            train_seconds = time.perf_counter() - t0
+            if epoch == 1:
+                result.compile_seconds = train_seconds
+            mean_loss = loss / self.num_batches
+            if not math.isfinite(loss):
+                result.history.append(EpochResult(epoch, mean_loss, train_seconds))
+                result.seconds = time.perf_counter() - start
+                raise NonFiniteLossError(epoch, loss)
+            record = EpochResult(epoch, mean_loss, train_seconds)
+            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                t1 = time.perf_counter()
+                record.metrics = evaluator.evaluate(eval_split, ks)
+                record.eval_seconds = time.perf_counter() - t1
+                value = record.metrics[metric]
+                if not result.best_metrics or value > result.best_value:
+                    result.best_value, result.best_epoch, result.best_metrics = value, epoch, dict(record.metrics)
+                    since_best = 0
+                else:
+                    since_best += 1
+            result.history.append(record)
+            result.seconds = time.perf_counter() - start
+            if callback is not None and callback(record):
+                result.stopped_early = True
+                break
+            if cfg.patience and since_best >= cfg.patience:
+                result.stopped_early = True
+                break
+        result.seconds = time.perf_counter() - start
+        return result
+
+
+def build_model(cfg: TrialConfig, data: EncodedData) -> TwoTowerModel:
+    """A fresh model for ``cfg`` with weights seeded by ``cfg.train.seed``."""
+    tf.keras.utils.set_random_seed(cfg.train.seed)
+    return TwoTowerModel(cfg.model, data)
+
+
+def train(
+    cfg: TrialConfig,
+    data: EncodedData,
+    callback: EpochCallback | None = None,
+    eval_split: Interactions | None = None,
+    metric: str | None = None,
+) -> tuple[TwoTowerModel, TrainResult]:
+    """Build a model for ``cfg`` and train it; see :meth:`Trainer.fit`."""
+    model = build_model(cfg, data)
+    trainer = Trainer(model, data, cfg.train)
+    return model, trainer.fit(eval_split=eval_split, callback=callback, metric=metric)
+
+
+def versions() -> Mapping[str, str]:
+    """Library versions recorded with every trial."""
+    import optuna
+    import tensorflow_recommenders as tfrs
+
+    import study
+
+    return {
+        "study": study.__version__,
+        "tensorflow": tf.__version__,
+        "tensorflow_recommenders": getattr(tfrs, "__version__", "?"),
+        "optuna": optuna.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def validate_config(cfg: TrialConfig) -> None:
+    """Check every registry name in ``cfg`` before anything is built.
+
+    Raises:
+        ConfigError: naming the field, the value and the valid names.
+    """
+    from study.embeddings import EMBEDDINGS
+    from study.errors import ConfigError
+    from study.towers import ACTIVATIONS, BODIES
+
+    checks = [
+        ("model.activation", cfg.model.activation, ACTIVATIONS),
+        ("model.body", cfg.model.body, BODIES),
+        ("model.embedding", cfg.model.embedding, EMBEDDINGS),
+        ("train.optimizer", cfg.train.optimizer, OPTIMIZERS),
+    ]
+    for where, value, registry in checks:
+        if value not in registry:
+            raise ConfigError(f"{where}: unknown name {value!r}; valid names are {sorted(registry)}")
+    try:
+        metric_k(cfg.train.metric)
+    except ValueError as exc:
+        raise ConfigError(f"train.metric: {exc}") from None
