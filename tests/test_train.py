@@ -1,0 +1,249 @@
+"""Model, loss, trainer and evaluation: hand-worked tiny tensors, parity with TFRS, contract tests over registries."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+from synthetic import small_data
+
+from study.config import ModelConfig, TrainConfig, TrialConfig
+from study.errors import ConfigError, NonFiniteLossError
+from study.model import in_batch_softmax_loss, masked_mean
+from study.towers import ACTIVATIONS, BODIES, get_activation
+from study.train import (
+    METRIC_NAMES,
+    OPTIMIZERS,
+    Evaluator,
+    Trainer,
+    build_model,
+    build_optimizer,
+    metric_k,
+    metrics_from_ranks,
+    train,
+    validate_config,
+)
+
+
+def _cfg(**train_kw) -> TrialConfig:
+    base = {"epochs": 2, "batch_size": 512, "eval_every": 1, "seed": 1}
+    base.update(train_kw)
+    return TrialConfig(model=ModelConfig(layers=(32, 16), embedding_dim=16), train=TrainConfig(**base))
+
+
+# ------------------------------------------------------------------------------------------ loss
+
+
+def test_in_batch_loss_hand_worked() -> None:
+    q = tf.constant([[1.0, 0.0], [0.0, 2.0]])
+    c = tf.constant([[1.0, 1.0], [0.0, 1.0]])
+    # scores = [[1, 0], [2, 2]]; row 0: logsumexp(1, 0) - 1; row 1: logsumexp(2, 2) - 2 = log 2
+    expected = (math.log(math.e + 1.0) - 1.0) + math.log(2.0)
+    assert float(in_batch_softmax_loss(q, c)) == pytest.approx(expected, rel=1e-6)
+    # temperature 0.5 doubles the logits: [[2, 0], [4, 4]]
+    expected_t = (math.log(math.e**2 + 1.0) - 2.0) + math.log(2.0)
+    assert float(in_batch_softmax_loss(q, c, 0.5)) == pytest.approx(expected_t, rel=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [None, 0.2])
+def test_in_batch_loss_equals_tfrs_retrieval(temperature: float | None) -> None:
+    rng = np.random.default_rng(0)
+    q = tf.constant(rng.normal(size=(64, 8)), tf.float32)
+    c = tf.constant(rng.normal(size=(64, 8)), tf.float32)
+    task = tfrs.tasks.Retrieval(temperature=temperature)
+    assert float(in_batch_softmax_loss(q, c, temperature)) == pytest.approx(float(task(q, c)), rel=1e-5)
+
+
+def test_model_compute_loss_hook_matches_fast_loss() -> None:
+    data = small_data()
+    model = build_model(_cfg(), data)
+    idx = np.arange(256)
+    feats = {
+        "user": tf.constant(data.train.user[idx]),
+        "time_bucket": tf.constant(data.train.time_bucket[idx]),
+        "time_norm": tf.constant(data.train.time_norm[idx]),
+        "item": tf.constant(data.train.item[idx]),
+    }
+    assert float(model.compute_loss(feats, training=True)) == pytest.approx(float(model.batch_loss(feats)), rel=1e-5)
+
+
+def test_masked_mean_ignores_padding() -> None:
+    emb = tf.constant([[[1.0], [3.0], [100.0]], [[5.0], [7.0], [9.0]], [[4.0], [4.0], [4.0]]])
+    ids = tf.constant([[2, 5, 0], [1, 1, 1], [0, 0, 0]])
+    np.testing.assert_allclose(masked_mean(emb, ids).numpy(), [[2.0], [7.0], [0.0]])
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def test_metrics_from_ranks_hand_worked() -> None:
+    ranks = np.array([0, 3, 12, 1])
+    users = np.array([7, 7, 7, 9])
+    m = metrics_from_ranks(ranks, users, ks=(1, 5))
+    assert m["top1"] == pytest.approx(1 / 4)
+    assert m["top5"] == pytest.approx(3 / 4)
+    # recall: user 7 hits 1/3 at k=1 and 2/3 at k=5; user 9 hits 0 at k=1 and 1 at k=5
+    assert m["recall1"] == pytest.approx((1 / 3 + 0) / 2)
+    assert m["recall5"] == pytest.approx((2 / 3 + 1) / 2)
+    # ndcg@5: user 7 dcg = 1/log2(2) + 1/log2(5), idcg = 1 + 1/log2(3) + 1/log2(4); user 9 dcg = 1/log2(3), idcg 1
+    u7 = (1 + 1 / math.log2(5)) / (1 + 1 / math.log2(3) + 1 / math.log2(4))
+    u9 = 1 / math.log2(3)
+    assert m["ndcg5"] == pytest.approx((u7 + u9) / 2)
+    assert m["ndcg1"] == pytest.approx((1 / 1 + 0) / 2)
+
+
+def test_metric_names_parse() -> None:
+    assert metric_k("top100") == 100 and metric_k("ndcg10") == 10 and metric_k("recall5") == 5
+    assert all(metric_k(name) > 0 for name in METRIC_NAMES)
+    with pytest.raises(ValueError, match="valid metrics"):
+        metric_k("accuracy")
+
+
+def test_exact_topk_agrees_with_factorized_topk() -> None:
+    data = small_data()
+    cfg = _cfg(epochs=3, ks=(1, 5, 10, 50))
+    model, _ = train(cfg, data)
+    ours = Evaluator(model).evaluate(data.valid, cfg.train.ks)
+    # Id-based FactorizedTopK (the true item must be among the retrieved ids). Its score-based mode scores the true
+    # item separately from the candidate matmul, so rounding can rank it behind its own copy (reads ~30 % low at k=1).
+    items = tf.data.Dataset.from_tensor_slices(np.arange(1, data.num_items, dtype=np.int32))
+    candidates = items.batch(128).map(lambda ids: (ids, model.candidate_tower(ids)))
+    metric = tfrs.metrics.FactorizedTopK(candidates=candidates, ks=cfg.train.ks)
+    feats = {
+        "user": data.valid.user,
+        "time_bucket": data.valid.time_bucket,
+        "time_norm": data.valid.time_norm,
+    }
+    query = model.query_tower({k: tf.constant(v) for k, v in feats.items()})
+    true = model.candidate_tower(tf.constant(data.valid.item))
+    metric.update_state(query, true, true_candidate_ids=tf.constant(data.valid.item))
+    reference = [float(v) for v in metric.result()]
+    for k, ref in zip(cfg.train.ks, reference, strict=True):
+        assert abs(ours[f"top{k}"] - ref) <= 0.002, (k, ours[f"top{k}"], ref)
+    assert ours["top50"] > ours["top1"]  # the metric is not constant
+
+
+# ------------------------------------------------------------------------------------------ trainer
+
+
+def test_training_learns_and_does_not_retrace() -> None:
+    data = small_data()
+    cfg = _cfg(epochs=4, batch_size=256)
+    model = build_model(cfg, data)
+    trainer = Trainer(model, data, cfg.train)
+    before = Evaluator(model).evaluate(data.valid)["top10"]
+    result = trainer.fit()
+    assert result.epochs_run == 4
+    assert trainer._epoch_fn.experimental_get_tracing_count() == 1
+    losses = [h.loss for h in result.history]
+    assert losses[-1] < losses[0]
+    assert result.best_metrics["top10"] > before + 0.05
+    assert result.best_epoch in (1, 2, 3, 4)
+    assert result.best_value == max(h.metrics["top100"] for h in result.history)
+
+
+def test_callback_can_stop_and_eval_every() -> None:
+    data = small_data()
+    seen = []
+    _, result = train(_cfg(epochs=6, eval_every=2), data, callback=lambda r: seen.append(r) or r.epoch >= 4)
+    assert [r.epoch for r in seen] == [1, 2, 3, 4]
+    assert [r.metrics is not None for r in seen] == [False, True, False, True]
+    assert result.stopped_early
+
+
+def test_patience_stops_training() -> None:
+    data = small_data()
+    # A learning rate this small never improves measurably after the first evaluations.
+    _, result = train(_cfg(epochs=30, patience=1, learning_rate=1e-9, optimizer="sgd", momentum=0.0), data)
+    assert result.stopped_early and result.epochs_run < 30
+
+
+def test_same_seed_same_result() -> None:
+    data = small_data()
+    _, a = train(_cfg(epochs=2), data)
+    _, b = train(_cfg(epochs=2), data)
+    assert [h.loss for h in a.history] == pytest.approx([h.loss for h in b.history], rel=1e-5)
+
+
+def test_non_finite_loss_raises_with_epoch() -> None:
+    data = small_data()
+    with pytest.raises(NonFiniteLossError) as info:
+        train(_cfg(epochs=5, optimizer="sgd", learning_rate=1e12, momentum=0.9), data)
+    assert info.value.epoch >= 1
+    assert "epoch" in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------ registries (contract tests)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_trains(name: str) -> None:
+    data = small_data()
+    lr = {"adagrad": 0.1, "sgd": 0.0005, "adam": 0.01, "adamw": 0.01, "rmsprop": 0.001}[name]
+    model, result = train(_cfg(epochs=3, optimizer=name, learning_rate=lr), data)
+    losses = [h.loss for h in result.history]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0], (name, losses)
+    assert isinstance(build_optimizer(TrainConfig(optimizer=name)), tf.keras.optimizers.Optimizer)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_every_activation_builds_and_trains(name: str) -> None:
+    data = small_data()
+    cfg = TrialConfig(
+        model=ModelConfig(layers=(16, 8), embedding_dim=8, activation=name),
+        train=TrainConfig(epochs=1, batch_size=1024, eval_every=1),
+    )
+    _, result = train(cfg, data)
+    assert math.isfinite(result.history[0].loss)
+    x = tf.constant([-2.0, 0.0, 3.0])
+    assert get_activation(name)(x).shape == (3,)
+
+
+@pytest.mark.parametrize("body", sorted(BODIES))
+@pytest.mark.parametrize("structure", ["stacked", "parallel"])
+def test_every_body_output_shape(body: str, structure: str) -> None:
+    data = small_data()
+    cfg = TrialConfig(
+        model=ModelConfig(layers=(24, 12), embedding_dim=8, body=body, cross_structure=structure, cross_layers=2),
+        train=TrainConfig(epochs=1, batch_size=1024),
+    )
+    model, result = train(cfg, data)
+    out = model.candidate_tower(tf.constant([1, 2, 3]))
+    assert out.shape == (3, 12)
+    assert math.isfinite(result.history[0].loss)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("activation", "relux"), ("body", "transformer"), ("embedding", "bloom"), ("optimizer", "adamax")],
+)
+def test_unknown_names_are_config_errors(field: str, value: str) -> None:
+    section = "train" if field == "optimizer" else "model"
+    cfg = TrialConfig().replace(**{section: {field: value}})
+    with pytest.raises(ConfigError, match=f"unknown name '{value}'; valid names are"):
+        validate_config(cfg)
+
+
+def test_registry_lookup_errors_list_valid_names() -> None:
+    with pytest.raises(ValueError, match="valid optimizers are"):
+        build_optimizer(TrainConfig(optimizer="nope"))
+    with pytest.raises(ValueError, match="valid activations are"):
+        get_activation("nope")
+
+
+def test_normalized_embeddings_with_temperature() -> None:
+    data = small_data()
+    cfg = TrialConfig(
+        model=ModelConfig(layers=(16,), embedding_dim=8, normalize=True, temperature=0.1),
+        train=TrainConfig(epochs=2, batch_size=512),
+    )
+    model, result = train(cfg, data)
+    out = model.query_tower(
+        {"user": tf.constant([1, 2]), "time_bucket": tf.constant([0, 5]), "time_norm": tf.constant([0.0, 1.0])}
+    )
+    np.testing.assert_allclose(tf.norm(out, axis=1).numpy(), [1.0, 1.0], rtol=1e-5)
+    assert math.isfinite(result.history[-1].loss)
