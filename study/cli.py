@@ -111,7 +111,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"data: {data.dataset} ({data.protocol} split) train={len(data.train)} valid={len(data.valid)} "
         f"test={len(data.test)} users={data.num_users - 1} items={data.num_items - 1}"
     )
-    print(f"config: {cfg.to_dict()}")
+    shown_model = {k: v for k, v in cfg.to_dict()["model"].items() if k in ("layers", "activation", "body", "embedding", "embedding_dim")}
+    shown_train = {k: v for k, v in cfg.to_dict()["train"].items() if k in ("optimizer", "learning_rate", "batch_size", "epochs", "seed")}
+    print("config: " + " ".join(f"{k}={v}" for k, v in {**shown_model, **shown_train}.items()))
     model = build_model(cfg, data)
     counts = model.param_counts()
     print(f"params: {counts['total_params']:,} total, {counts['embedding_params']:,} in embedding tables")
@@ -355,6 +357,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with the C++ start-up chatter (oneDNN/CUDA notices written before logging is set up) muted.
+
+    Those lines go straight to file descriptor 2 and ignore ``TF_CPP_MIN_LOG_LEVEL``, so fd 2 is pointed at
+    /dev/null for the import only. Python-level import errors still raise normally.
+    """
+    import os
+
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+        import tensorflow_recommenders  # noqa: F401
+
+        tf.config.list_physical_devices()  # device start-up notices (e.g. "failed call to cuInit") go here too
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -363,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     _, handler = _COMMANDS[args.command]
     try:
+        if not getattr(args, "debug", False):
+            import_tensorflow_quietly()
         return handler(args)
     except StudyError as exc:
         if getattr(args, "debug", False):

@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +28,16 @@ from optuna.trial import FrozenTrial, TrialState
 from study.config import RunSettings, TrialConfig
 from study.errors import ConfigError, StudyError
 
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"optuna\..*")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
 HEARTBEAT_INTERVAL = 10
 GRACE_PERIOD = 30
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 SAMPLERS: dict[str, Callable[[int | None, bool], optuna.samplers.BaseSampler]] = {
-    "tpe": lambda seed, multi: optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, group=True, constant_liar=True, warn_independent_sampling=False
-    ),
+    "tpe": lambda seed, multi: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True),
     "random": lambda seed, multi: optuna.samplers.RandomSampler(seed=seed),
     "cmaes": lambda seed, multi: optuna.samplers.CmaEsSampler(
         seed=seed, warn_independent_sampling=False, independent_sampler=optuna.samplers.TPESampler(seed=seed)
@@ -150,7 +153,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseSto
         kwargs.update(
             heartbeat_interval=HEARTBEAT_INTERVAL,
             grace_period=GRACE_PERIOD,
-            failed_trial_callback=_retry_failed_trial,
+            heartbeat_stale_trial_callback=_retry_failed_trial,
         )
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)

@@ -31,6 +31,8 @@ OPTIMIZERS: dict[str, Callable[[TrainConfig], tf.keras.optimizers.Optimizer]] = 
     "rmsprop": lambda c: tf.keras.optimizers.RMSprop(learning_rate=c.learning_rate, momentum=c.momentum),
 }
 
+tf.get_logger().setLevel("ERROR")  # per-trial models trace their own functions; retracing warnings are noise here
+
 METRIC_KINDS: tuple[str, ...] = ("top", "recall", "ndcg")
 METRIC_NAMES: tuple[str, ...] = tuple(f"{kind}{k}" for kind in METRIC_KINDS for k in ALL_KS)
 
