@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 import study  # noqa: F401
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -18,7 +22,7 @@ def fixtures_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def embedded_table():
+def embedded_table() -> pd.DataFrame:
     """The embedded ml-latest-small canonical table (loaded once; do not modify)."""
     from study.data import load_table
 
