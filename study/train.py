@@ -211,38 +211,85 @@ class Trainer:
         self.variables = model.trainable_variables
         self.optimizer.build(self.variables)
         self._train = {k: tf.constant(v) for k, v in _features(data.train).items()}
+        self._train_items = np.asarray(data.train.item)
+        self.unique_cap = 0
+        self.retraces = 0
+        self._next_perm: np.ndarray | None = None
+        if cfg.fold:
+            # Distinct items per batch vary little between random batches; size the (static) unique axis from the
+            # first epoch's batches plus a margin. A later batch with more distinct items re-sizes it (one retrace).
+            self._next_perm = self._permutation()
+            needed = int(fold_batches(self._train_items[self._next_perm], self.num_batches, 1)[3])
+            self.unique_cap = _round_up(min(self.batch_size, int(needed * 1.06) + 8), 8, self.batch_size)
         self._epoch_fn = self._make_epoch_fn()
         self.result = TrainResult()
 
-    def _make_epoch_fn(self) -> Callable[[tf.Tensor], tf.Tensor]:
-        model, optimizer, variables, train = self.model, self.optimizer, self.variables, self._train
-        batch_size, num_batches = self.batch_size, self.num_batches
+    def _permutation(self) -> np.ndarray:
+        return self.rng.permutation(len(self.data.train))[: self.num_batches * self.batch_size].astype(np.int32)
 
-        def step(idx: tf.Tensor) -> tf.Tensor:
-            batch = {k: tf.gather(v, idx) for k, v in train.items()}
-            with tf.GradientTape() as tape:
-                loss = model.batch_loss(batch, training=True)
+    def _make_epoch_fn(self) -> Callable[..., tf.Tensor]:
+        model, optimizer, variables, train = self.model, self.optimizer, self.variables, self._train
+        batch_size, num_batches, cap = self.batch_size, self.num_batches, self.unique_cap
+
+        def apply(tape: tf.GradientTape, loss: tf.Tensor) -> None:
             grads = tape.gradient(loss, variables)
             # Dense gradients: same math for the embedding tables (rows with zero gradient do not move under
             # Adagrad/SGD; Adam-family optimizers decay every row's moments either way) and no tf.unique under XLA.
             grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
             optimizer.apply_gradients(zip(grads, variables, strict=True))
-            return loss
 
-        @tf.function(jit_compile=self.cfg.jit, input_signature=[tf.TensorSpec([num_batches * batch_size], tf.int32)])
-        def run_epoch(perm: tf.Tensor) -> tf.Tensor:
+        if not self.cfg.fold:
+
+            @tf.function(jit_compile=self.cfg.jit, input_signature=[tf.TensorSpec([num_batches * batch_size], tf.int32)])
+            def run_epoch(perm: tf.Tensor) -> tf.Tensor:
+                total = tf.constant(0.0)
+                for i in tf.range(num_batches):
+                    idx = tf.slice(perm, [i * batch_size], [batch_size])  # static size (a Python slice is not, under XLA)
+                    batch = {k: tf.gather(v, idx) for k, v in train.items()}
+                    with tf.GradientTape() as tape:
+                        loss = model.batch_loss(batch, training=True)
+                    apply(tape, loss)
+                    total += loss
+                return total
+
+            return run_epoch
+
+        @tf.function(
+            jit_compile=self.cfg.jit,
+            input_signature=[
+                tf.TensorSpec([num_batches * batch_size], tf.int32),  # permutation
+                tf.TensorSpec([num_batches, cap], tf.int32),  # distinct items per batch (padded with row 0)
+                tf.TensorSpec([num_batches, cap], tf.float32),  # log(count), padding -1e9
+                tf.TensorSpec([num_batches, batch_size], tf.int32),  # column of each row's item
+            ],
+        )
+        def run_folded_epoch(perm: tf.Tensor, unique: tf.Tensor, log_counts: tf.Tensor, positions: tf.Tensor):
             total = tf.constant(0.0)
             for i in tf.range(num_batches):
-                idx = tf.slice(perm, [i * batch_size], [batch_size])  # static size (a Python slice is not, under XLA)
-                total += step(idx)
+                idx = tf.slice(perm, [i * batch_size], [batch_size])
+                batch = {k: tf.gather(v, idx) for k, v in train.items()}
+                with tf.GradientTape() as tape:
+                    loss = model.folded_batch_loss(batch, unique[i], log_counts[i], positions[i])
+                apply(tape, loss)
+                total += loss
             return total
 
-        return run_epoch
+        return run_folded_epoch
 
     def train_epoch(self) -> float:
         """Run one epoch; returns the summed loss over its batches."""
-        perm = self.rng.permutation(len(self.data.train))[: self.num_batches * self.batch_size].astype(np.int32)
-        return float(self._epoch_fn(tf.constant(perm)).numpy())
+        perm = self._next_perm if self._next_perm is not None else self._permutation()
+        self._next_perm = None
+        if not self.cfg.fold:
+            return float(self._epoch_fn(tf.constant(perm)).numpy())
+        unique, log_counts, positions, needed = fold_batches(self._train_items[perm], self.num_batches, self.unique_cap)
+        if needed > self.unique_cap:
+            self.unique_cap = _round_up(int(needed * 1.06) + 8, 8, self.batch_size)
+            self.retraces += 1
+            self._epoch_fn = self._make_epoch_fn()
+            unique, log_counts, positions, _ = fold_batches(self._train_items[perm], self.num_batches, self.unique_cap)
+        total = self._epoch_fn(tf.constant(perm), tf.constant(unique), tf.constant(log_counts), tf.constant(positions))
+        return float(total.numpy())
 
     def fit(
         self,
@@ -303,6 +350,41 @@ class Trainer:
                 break
         result.seconds = time.perf_counter() - start
         return result
+
+
+def _round_up(value: int, multiple: int, cap: int) -> int:
+    return min(cap, -(-value // multiple) * multiple)
+
+
+def fold_batches(items: np.ndarray, num_batches: int, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Distinct items of each batch, for :func:`study.model.folded_softmax_loss` (host side, vectorised).
+
+    Args:
+        items: int [num_batches * B], the item of every row in epoch order.
+        num_batches: number of batches B-row batches.
+        cap: width of the padded distinct-item axis U.
+
+    Returns:
+        ``(unique [nb, U] int32, log_counts [nb, U] float32, positions [nb, B] int32, needed)`` where ``needed`` is the
+        largest number of distinct items in one batch; when ``needed > cap`` the arrays are not valid (re-size U).
+    """
+    rows = items.reshape(num_batches, -1)
+    order = np.argsort(rows, axis=1, kind="stable")
+    ordered = np.take_along_axis(rows, order, axis=1)
+    new = np.ones_like(ordered, dtype=bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    slot = np.cumsum(new, axis=1) - 1  # distinct-item index of each sorted row
+    needed = int(slot[:, -1].max()) + 1
+    if needed > cap:
+        return np.zeros(0), np.zeros(0), np.zeros(0), needed
+    positions = np.empty_like(slot)
+    np.put_along_axis(positions, order, slot, axis=1)
+    flat = (np.arange(num_batches)[:, None] * cap + slot).ravel()
+    counts = np.bincount(flat, minlength=num_batches * cap).reshape(num_batches, cap)
+    unique = np.zeros((num_batches, cap), np.int32)
+    unique.reshape(-1)[flat] = ordered.ravel()
+    log_counts = np.where(counts > 0, np.log(np.maximum(counts, 1)), -1e9).astype(np.float32)
+    return unique, log_counts, positions.astype(np.int32), needed
 
 
 def build_model(cfg: TrialConfig, data: EncodedData) -> TwoTowerModel:
