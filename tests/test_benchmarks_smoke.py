@@ -1,0 +1,39 @@
+"""Smoke test of benchmarks/train_speed.py: a tiny run end to end, checking its machine-readable last line."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FINAL_LINE = re.compile(
+    r"^train_speed: epoch_ratio=(?P<epoch>\S+) validation_ratio=(?P<validation>\S+) "
+    r"top100_ours=(?P<ours>\S+) top100_reference=(?P<reference>\S+) epochs=(?P<epochs>\d+)$"
+)
+
+
+@pytest.mark.slow
+def test_train_speed_runs_and_reports() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--epochs", "2", "--max-rows", "20000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,  # a hang guard; the run takes ~40 s on 2 cores
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    match = FINAL_LINE.match(lines[-1])
+    assert match, f"unexpected last line: {lines[-1]!r}"
+    assert int(match["epochs"]) == 2
+    for name in ("epoch", "validation"):
+        ratio = float(match[name])
+        assert ratio > 0 and ratio != float("inf"), (name, ratio)
+    for name in ("ours", "reference"):
+        assert 0.0 <= float(match[name]) <= 1.0, (name, match[name])
+    # one row per epoch with both sides' numbers
+    assert sum(1 for line in lines if re.match(r"^\s+[12] \|", line)) == 2
