@@ -184,10 +184,11 @@ class TwoTowerModel(tfrs.models.Model):
         ]
         embedding = sum(count_params(t) for t in tables)
         total = int(sum(int(np.prod(v.shape)) for v in self.trainable_variables))
+        ids = count_params(self.query_tower.user_embedding) + count_params(self.candidate_tower.item_embedding)
         return {
             "total_params": total,
             "embedding_params": int(embedding),
             "embedding_bytes": int(embedding) * BYTES_PER_PARAM,
-            "id_embedding_params": count_params(self.query_tower.user_embedding)
-            + count_params(self.candidate_tower.item_embedding),
+            "id_embedding_params": ids,
+            "id_embedding_bytes": ids * BYTES_PER_PARAM,
         }

@@ -20,6 +20,8 @@ from study.search_space import SearchSpace, suggest
 COST_OBJECTIVES: dict[str, str] = {
     "embedding_bytes": "minimize",
     "embedding_params": "minimize",
+    "id_embedding_bytes": "minimize",
+    "id_embedding_params": "minimize",
     "total_params": "minimize",
     "seconds_per_epoch": "minimize",
 }

@@ -325,11 +325,16 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         eta = elapsed / done_here * (self.target - finished) if done_here > 0 else float("nan")
         best = _best_value(optuna_study)
+        best_text = (
+            f"Pareto front: {len(optuna_study.best_trials)} trials"
+            if len(optuna_study.directions) > 1
+            else f"best {self.metric}={'-' if best is None else f'{best:.4f}'}"
+        )
         width = 30
         fill = int(width * min(finished, self.target) / max(self.target, 1))
         text = (
             f"[{'#' * fill}{'.' * (width - fill)}] {finished}/{self.target} finished"
-            f"  best {self.metric}={best if best is None else f'{best:.4f}'}"
+            f"  {best_text}"
             f"  elapsed {_fmt_seconds(elapsed)}  ETA {_fmt_seconds(eta)}"
         )
         if self.tty:
@@ -383,7 +388,7 @@ def run_study(settings: RunSettings, out: Any = None) -> RunSummary:
     try:
         directions = [objective_direction(name) for name in objectives]
     except ValueError as exc:
-        raise ConfigError(f"--objectives: {exc}") from None
+        raise ConfigError(f"{'--objectives' if settings.objectives else '--metric'}: {exc}") from None
     if settings.trials < 1:
         raise ConfigError(f"--trials: must be >= 1, but got {settings.trials}")
     data = data_mod.load(settings.dataset, settings.protocol)

@@ -52,7 +52,7 @@ from study.config import ModelConfig, TrainConfig, TrialConfig, field_names
 from study.errors import ConfigError, SearchSpaceError
 
 PROTOCOLS: tuple[str, ...] = ("random", "temporal", "tutorial")
-SAMPLERS: tuple[str, ...] = ("tpe", "random", "cmaes", "gp", "qmc")
+SAMPLERS: tuple[str, ...] = ("tpe", "random", "cmaes", "gp", "qmc", "nsga2")
 PRUNERS: tuple[str, ...] = ("hyperband", "median", "successive-halving", "none")
 RUN_KEYS: tuple[str, ...] = ("dataset", "protocol", "sampler", "pruner", "metric", "eval_every")
 TEMPLATE_KEYS: tuple[str, ...] = ("depth", "units", "output_dim")
@@ -90,6 +90,8 @@ _REGISTRIES: dict[str, tuple[str, str]] = {
     "embedding": ("study.embeddings", "EMBEDDINGS"),
     "optimizer": ("study.train", "OPTIMIZERS"),
     "metric": ("study.train", "METRIC_NAMES"),
+    "qr_combiner": ("study.embeddings", "QR_COMBINERS"),
+    "cross_structure": ("study.towers", "CROSS_STRUCTURES"),
 }
 _RUN_ENUMS: dict[str, tuple[str, ...]] = {"protocol": PROTOCOLS, "sampler": SAMPLERS, "pruner": PRUNERS}
 _CONFIG_SOURCE = "<search space>"

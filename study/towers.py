@@ -25,6 +25,9 @@ ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
 }
 
 
+CROSS_STRUCTURES: tuple[str, ...] = ("stacked", "parallel")
+
+
 def get_activation(name: str) -> Callable[[tf.Tensor], tf.Tensor]:
     """Look up an activation; an unknown name raises ``ValueError`` listing the valid ones."""
     try:

@@ -430,13 +430,19 @@ def validate_config(cfg: TrialConfig) -> None:
     """
     from study.embeddings import EMBEDDINGS
     from study.errors import ConfigError
-    from study.towers import ACTIVATIONS, BODIES
+    from study.towers import ACTIVATIONS, BODIES, CROSS_STRUCTURES
 
     checks = [
         ("model.activation", cfg.model.activation, ACTIVATIONS),
         ("model.body", cfg.model.body, BODIES),
         ("model.embedding", cfg.model.embedding, EMBEDDINGS),
         ("train.optimizer", cfg.train.optimizer, OPTIMIZERS),
+    ]
+    from study.embeddings import QR_COMBINERS
+
+    checks += [
+        ("model.qr_combiner", cfg.model.qr_combiner, QR_COMBINERS),
+        ("model.cross_structure", cfg.model.cross_structure, CROSS_STRUCTURES),
     ]
     for where, value, registry in checks:
         if value not in registry:
