@@ -161,6 +161,7 @@ def _run_parser(sub: Any) -> None:
     p.add_argument("--objectives", help="comma-separated, e.g. top100,embedding_bytes (multi-objective)")
     p.add_argument("--max-embedding-mb", type=float, help="prune configs whose embedding tables exceed this size")
     p.add_argument("--no-test", action="store_true", help="skip re-training the best trial on the test split")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes on this machine sharing the study")
     _add_common(p)
 
 
@@ -181,6 +182,12 @@ def run_settings_from_args(args: argparse.Namespace) -> Any:
         raise ConfigError(f"--max-epochs: must be >= 1, but got {args.max_epochs}")
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials: must be >= 1, but got {args.trials}")
+    if args.eval_every is not None and args.eval_every < 1:
+        raise ConfigError(f"--eval-every: must be >= 1, but got {args.eval_every}")
+    if args.patience is not None and args.patience < 0:
+        raise ConfigError(f"--patience: must be >= 0, but got {args.patience}")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise ConfigError(f"--seed: must be in [0, 2**32 - 1], but got {args.seed}")
     objectives = tuple(o.strip() for o in args.objectives.split(",") if o.strip()) if args.objectives else ()
     return RunSettings(
         space=args.space,
@@ -193,7 +200,7 @@ def run_settings_from_args(args: argparse.Namespace) -> Any:
         trials=args.trials,
         timeout=parse_duration(args.timeout) if args.timeout else None,
         max_epochs=args.max_epochs,
-        eval_every=pick("eval_every", args.eval_every) if (args.eval_every or "eval_every" in file_run) else None,
+        eval_every=pick("eval_every", args.eval_every) if (args.eval_every is not None or "eval_every" in file_run) else None,
         metric=pick("metric", args.metric),
         seed=args.seed,
         baselines=args.baselines,
@@ -202,6 +209,7 @@ def run_settings_from_args(args: argparse.Namespace) -> Any:
         patience=args.patience,
         test_best=not args.no_test,
         quiet=args.quiet,
+        jobs=args.jobs,
     )
 
 
@@ -209,7 +217,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     from study.runner import run_study
 
     settings = run_settings_from_args(args)
-    summary = run_study(settings)
+    if settings.jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, but got {settings.jobs}")
+    if settings.jobs == 1:
+        summary = run_study(settings)
+        return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
+    from study.runner import mask_url
+    from study.workers import run_workers
+
+    run_study(settings, mode="prepare")
+    code = run_workers(args.argv, settings.jobs)
+    if code == EXIT_INTERRUPTED:
+        print(f"interrupted: finished trials are saved in {mask_url(settings.storage)}; run the same command again to resume")
+        return EXIT_INTERRUPTED
+    summary = run_study(settings, mode="finish")
+    if code != 0:
+        raise StudyError(f"a worker exited with code {code}; finished trials are saved, run the same command to resume")
     return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
 
 
@@ -260,9 +283,10 @@ def retrain_command(optuna_study: Any, trial: Any) -> str:
         f"--batch-size {t.get('batch_size')}",
         f"--epochs {trial.user_attrs.get('best_epoch', t.get('epochs'))}",
         f"--seed {t.get('seed')}",
+        "--no-jit" if t.get("jit") is False else "",
     ]
     default_model = {"layers", "activation", "body", "embedding", "embedding_dim"}
-    default_train = {"optimizer", "learning_rate", "batch_size", "epochs", "seed"}
+    default_train = {"optimizer", "learning_rate", "batch_size", "epochs", "seed", "jit"}
     extra_m = {k: v for k, v in m.items() if k not in default_model}
     extra_t = {k: v for k, v in t.items() if k not in default_train}
     from study.config import TrialConfig
@@ -384,7 +408,9 @@ def import_tensorflow_quietly() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if args.command is None:
         parser.print_help()
         return EXIT_OK

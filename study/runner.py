@@ -301,6 +301,7 @@ class Progress:
         self.stream = stream or sys.stdout
         self.start = time.perf_counter()
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.show_bar = True
 
     def trial_done(self, optuna_study: optuna.Study, trial: FrozenTrial) -> None:
         counts = count_states(optuna_study)
@@ -321,6 +322,8 @@ class Progress:
         self.bar(optuna_study, finished)
 
     def bar(self, optuna_study: optuna.Study, finished: int) -> None:
+        if not self.show_bar:
+            return
         done_here = finished - self.start_finished
         elapsed = time.perf_counter() - self.start
         eta = elapsed / done_here * (self.target - finished) if done_here > 0 else float("nan")
@@ -371,13 +374,22 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def run_study(settings: RunSettings, out: Any = None) -> RunSummary:
+def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all") -> RunSummary:
     """Run (or resume) a study until it holds ``settings.trials`` finished trials.
 
     Validates everything (space, data, storage, identity) before the first trial: a bad input raises a
     :class:`StudyError` and touches no existing study.
+
+    Args:
+        settings: the run settings.
+        out: where progress goes (default stdout).
+        mode: ``all``; ``prepare`` (validate, create or check the study, enqueue baselines, then return: the parent
+            of ``--jobs`` workers); ``finish`` (run no trial; summarise and score the best trial on test).
     """
     from study import data as data_mod
+    from study.workers import limit_threads, worker_number
+
+    limit_threads()
     from study.objective import Objective, objective_direction
     from study.search_space import load_space
     from study.train import versions
@@ -395,7 +407,10 @@ def run_study(settings: RunSettings, out: Any = None) -> RunSummary:
     max_epochs = settings.max_epochs or _space_epochs(space)
     multi = len(objectives) > 1
     try:
-        sampler = build_sampler(settings.sampler, settings.seed, multi)
+        sampler_seed = settings.seed
+        if sampler_seed is not None and worker_number():  # --jobs workers must not sample the same sequence
+            sampler_seed += 7919 * int(worker_number())
+        sampler = build_sampler(settings.sampler, sampler_seed, multi)
         pruner = build_pruner(settings.pruner, max_epochs)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -427,9 +442,12 @@ def run_study(settings: RunSettings, out: Any = None) -> RunSummary:
                 "pass --study-name NEW for other objectives"
             )
     else:
-        optuna_study = optuna.create_study(
-            study_name=study_name, storage=storage, sampler=sampler, pruner=pruner, directions=directions
-        )
+        try:
+            optuna_study = optuna.create_study(
+                study_name=study_name, storage=storage, sampler=sampler, pruner=pruner, directions=directions
+            )
+        except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
+            return run_study(settings, out, mode=mode)
         for key, value in identity.items():
             optuna_study.set_user_attr(key, value)
         optuna_study.set_user_attr("space", settings.space)
@@ -446,7 +464,9 @@ def run_study(settings: RunSettings, out: Any = None) -> RunSummary:
         _enqueue_baselines(optuna_study, space, out)
     counts = count_states(optuna_study)
     finished_before = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-    if existed:
+    if mode == "finish":
+        pass
+    elif existed:
         remaining = max(settings.trials - finished_before, 0)
         print(
             f"resuming study {study_name!r} in {mask_url(settings.storage)}: {finished_before} finished "
@@ -462,15 +482,19 @@ def run_study(settings: RunSettings, out: Any = None) -> RunSummary:
             f"pruner {settings.pruner if not multi else 'none'}",
             file=out,
         )
+    if mode == "prepare":
+        return RunSummary(study_name, mask_url(settings.storage), settings.trials, finished_before, finished_before,
+                          counts[TrialState.COMPLETE], counts[TrialState.PRUNED], counts[TrialState.FAIL], 0.0)
     objective = Objective(space=space, data=data, settings=settings, versions=dict(versions()))
     progress = Progress(settings.trials, finished_before, settings.metric, settings.quiet, out)
+    progress.show_bar = worker_number() is None
     start = time.perf_counter()
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) if _main_thread() else None
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        while True:
+        while mode == "all":
             counts = count_states(optuna_study)
             finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
             running = counts[TrialState.RUNNING]

@@ -1,0 +1,118 @@
+"""``run --jobs N``: N worker processes on this machine sharing one study.
+
+The parent validates everything and creates the study first (so workers never race to create it), then starts N
+copies of the same ``run`` command with ``--jobs 1``. Each worker limits TensorFlow to ``cores // N`` intra-op
+threads (so N workers do not oversubscribe the cores), prints its finished trials prefixed with its number, and
+stops when the study holds ``--trials`` finished trials (the count is read from the storage, so it is exact across
+workers). When all workers are done, the parent scores the best trial on the test split. Ctrl-C stops every worker
+(each marks its running trial FAIL) and prints how to resume.
+
+Storage: SQLite is opened with WAL and a 60 s busy timeout, which keeps a handful of local writers free of
+"database is locked"; ``--storage journal:PATH`` (Optuna's JournalStorage on a file) is the alternative Optuna
+recommends for many local processes, and PostgreSQL/MySQL for many machines.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+ENV_WORKER = "TOWER_STUDY_WORKER"
+ENV_THREADS = "TOWER_STUDY_THREADS"
+
+
+def worker_number() -> str | None:
+    """The worker label (``"1"`` … ``"N"``) when this process is a ``--jobs`` worker."""
+    return os.environ.get(ENV_WORKER)
+
+
+def limit_threads() -> None:
+    """Apply the per-worker TensorFlow thread limit, if this process is a worker. Call before any TF op runs."""
+    threads = os.environ.get(ENV_THREADS)
+    if not threads:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, int(threads)))
+    except RuntimeError:  # TensorFlow already initialised its thread pools (e.g. in-process tests)
+        pass
+
+
+def threads_per_worker(jobs: int, cores: int | None = None) -> int:
+    """``max(1, cores // jobs)``."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, jobs))
+
+
+def worker_argv(argv: Sequence[str]) -> list[str]:
+    """The ``run`` arguments for one worker: the parent's, with ``--jobs`` dropped and ``--no-test`` added."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--jobs":
+            skip = True
+            continue
+        if arg.startswith("--jobs="):
+            continue
+        out.append(arg)
+    return [*out, "--no-test"]
+
+
+def _pump(proc: subprocess.Popen, label: str, stream: Any) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        stream.write(f"[worker {label}] {line}")
+        stream.flush()
+
+
+def run_workers(argv: Sequence[str], jobs: int, stream: Any = None) -> int:
+    """Start ``jobs`` worker processes running ``python -m study`` + ``worker_argv(argv)`` and wait for them.
+
+    Returns:
+        0 when every worker succeeded, 130 when interrupted, else the first non-zero exit code.
+    """
+    stream = stream or sys.stdout
+    threads = threads_per_worker(jobs)
+    procs: list[subprocess.Popen] = []
+    pumps: list[threading.Thread] = []
+    args = worker_argv(argv)
+    for i in range(1, jobs + 1):
+        env = dict(os.environ, **{ENV_WORKER: str(i), ENV_THREADS: str(threads), "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "study", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # Ctrl-C reaches the parent only; it forwards SIGINT to each worker
+        )
+        procs.append(proc)
+        pump = threading.Thread(target=_pump, args=(proc, str(i), stream), daemon=True)
+        pump.start()
+        pumps.append(pump)
+    print(f"started {jobs} workers ({threads} TensorFlow thread(s) each): pids {[p.pid for p in procs]}", file=stream)
+    interrupted = False
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        interrupted = True
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        codes = [p.wait() for p in procs]
+    for pump in pumps:
+        pump.join(timeout=5)
+    if interrupted:
+        return 130
+    failed = [c for c in codes if c not in (0,)]
+    return failed[0] if failed else 0
