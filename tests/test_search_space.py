@@ -449,7 +449,7 @@ def test_conditional_params_only_when_active() -> None:
     for trial, config in _ask_many(space, 80, seed=3):
         optimizer = trial.params["optimizer"]
         optimizers.add(optimizer)
-        assert ("momentum" in trial.params) == (optimizer in ("sgd", "rmsprop"))
+        assert ("momentum" in trial.params) == (optimizer == "rmsprop")
         assert ("weight_decay" in trial.params) == (optimizer == "adamw")
         if "momentum" not in trial.params:
             assert config.train.momentum == TrainConfig().momentum
@@ -457,7 +457,7 @@ def test_conditional_params_only_when_active() -> None:
             assert config.train.momentum == trial.params["momentum"]
         if "weight_decay" not in trial.params:
             assert config.train.weight_decay == TrainConfig().weight_decay
-    assert optimizers == {"adagrad", "adam", "adamw", "sgd", "rmsprop"}
+    assert optimizers == {"adagrad", "adam", "adamw", "rmsprop"}
 
 
 def test_units_follow_depth() -> None:
