@@ -66,6 +66,7 @@ TUTORIAL_VALUES: dict[str, Any] = {
     "body": "mlp",
     "embedding": "full",
     "embedding_dim": 32,
+    "normalize": False,
     "optimizer": "adagrad",
     "learning_rate": 0.1,
     "batch_size": 2048,
