@@ -64,8 +64,8 @@ def _features(split: Interactions) -> dict[str, np.ndarray]:
 class Evaluator:
     """Exact ranks of the true items among all candidates (row 0, the OOV item, is never a candidate).
 
-    ``rank`` = number of candidates scoring strictly higher than the true item, from one matmul, so the true item is
-    scored exactly like every other candidate (``tfrs.metrics.FactorizedTopK`` scores it separately, so rounding can
+    ``rank`` = number of other candidates scoring higher than or equal to the true item, from one matmul, so the true
+    item is scored exactly like every other candidate (``tfrs.metrics.FactorizedTopK`` scores it separately, so rounding can
     put it below its own copy). Top-k accuracy is ``mean(rank < k)``, FactorizedTopK's definition.
     """
 
@@ -84,7 +84,11 @@ class Evaluator:
             query = model.query_tower(features, training=False)  # [chunk, dim]
             scores = tf.matmul(query, candidates, transpose_b=True)  # [chunk, num_items - 1]
             true = tf.gather(scores, features["item"] - 1, axis=1, batch_dims=1)  # [chunk]
-            return tf.reduce_sum(tf.cast(scores > true[:, None], tf.int32), axis=1)
+            higher = tf.reduce_sum(tf.cast(scores > true[:, None], tf.int32), axis=1)
+            # Ties count against the model (the true item's own column is the one tie that is not): a collapsed
+            # model that scores every item the same must rank last, not first.
+            ties = tf.reduce_sum(tf.cast(scores == true[:, None], tf.int32), axis=1) - 1
+            return higher + ties
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
         def _candidates(items: tf.Tensor) -> tf.Tensor:

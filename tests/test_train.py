@@ -291,3 +291,15 @@ def test_folded_and_plain_training_agree() -> None:
     _, folded = train(_cfg(epochs=2, fold=True, learning_rate=0.01), data)
     _, plain = train(_cfg(epochs=2, fold=False, learning_rate=0.01), data)
     assert [h.loss for h in folded.history] == pytest.approx([h.loss for h in plain.history], rel=1e-5)
+
+
+def test_collapsed_model_ranks_last_not_first() -> None:
+    """Ties count against the model: if every item scores the same, no true item is in any top-k."""
+    data = small_data()
+    model = build_model(_cfg(), data)
+    for var in model.candidate_tower.trainable_variables:
+        var.assign(tf.zeros_like(var))  # every candidate embedding is the zero vector: all scores tie at 0
+    metrics = Evaluator(model).evaluate(data.valid, (1, 10, 100))
+    assert metrics["top100"] == 0.0 and metrics["top1"] == 0.0
+    ranks = Evaluator(model).ranks(data.valid)
+    assert (ranks == data.num_items - 2).all()  # last among the num_items - 1 real candidates
