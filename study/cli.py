@@ -146,6 +146,9 @@ def _run_parser(sub: Any) -> None:
     p = sub.add_parser("run", help="run (or resume) a hyperparameter study")
     p.add_argument("--trials", type=int, default=100, help="target number of finished trials (default 100)")
     p.add_argument("--timeout", help="start no new trial after this long, e.g. 30m")
+    p.add_argument(
+        "--trial-timeout", help="fail a trial still training after this long (checked after each epoch), e.g. 10m"
+    )
     p.add_argument("--space", default="default", help="search space name in search_spaces/ or a YAML path")
     _add_data_args(p)
     p.add_argument("--storage", default="sqlite:///study.db", help="Optuna storage URL (default sqlite:///study.db)")
@@ -189,6 +192,10 @@ def run_settings_from_args(args: argparse.Namespace) -> Any:
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise ConfigError(f"--seed: must be in [0, 2**32 - 1], but got {args.seed}")
     objectives = tuple(o.strip() for o in args.objectives.split(",") if o.strip()) if args.objectives else ()
+    try:
+        trial_timeout = parse_duration(args.trial_timeout) if args.trial_timeout else None
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("--timeout", "--trial-timeout", 1)) from None
     return RunSettings(
         space=args.space,
         dataset=pick("dataset", args.dataset),
@@ -199,6 +206,7 @@ def run_settings_from_args(args: argparse.Namespace) -> Any:
         pruner=pick("pruner", args.pruner),
         trials=args.trials,
         timeout=parse_duration(args.timeout) if args.timeout else None,
+        trial_timeout=trial_timeout,
         max_epochs=args.max_epochs,
         eval_every=pick("eval_every", args.eval_every) if (args.eval_every is not None or "eval_every" in file_run) else None,
         metric=pick("metric", args.metric),
@@ -231,7 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"interrupted: finished trials are saved in {mask_url(settings.storage)}; run the same command again to resume")
         return EXIT_INTERRUPTED
     summary = run_study(settings, mode="finish")
-    if code != 0:
+    if code != 0 and summary.finished < settings.trials:  # else the other workers finished the study: success
         raise StudyError(f"a worker exited with code {code}; finished trials are saved, run the same command to resume")
     return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
 
@@ -357,6 +365,104 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------------------------- report / evaluate / dashboard / export
+
+
+def _report_parser(sub: Any) -> None:
+    p = sub.add_parser("report", help="write a self-contained HTML report of a study")
+    _storage_args(p)
+    p.add_argument("--out", help="HTML file to write (default reports/<study>.html)")
+    _add_common(p)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from study.report import write_report
+
+    optuna_study = load_existing_study(args.storage, args.study_name)
+    path = write_report(optuna_study, args.out, storage_url=args.storage)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB; opens offline in any browser)")
+    return EXIT_OK
+
+
+def _evaluate_parser(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="re-train the top trials with other seeds and score them on the test split")
+    _storage_args(p)
+    p.add_argument("--top", type=int, default=5, help="how many of the best trials (default 5)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per trial (default 3; at least 2)")
+    _add_common(p)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from study.evaluate import evaluate_study
+
+    optuna_study = load_existing_study(args.storage, args.study_name)
+    evaluate_study(optuna_study, top=args.top, seeds=args.seeds)
+    print(f"stored on the study as user attr 'seed_reruns'; see them with `python -m study report --study {optuna_study.study_name}`")
+    return EXIT_OK
+
+
+def _dashboard_parser(sub: Any) -> None:
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard on a storage (with the trials' artifacts)")
+    _storage_args(p, with_study=False)
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    _add_common(p)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from study.dashboard import serve
+
+    try:
+        serve(args.storage, host=args.host, port=args.port)
+    except KeyboardInterrupt:
+        print("dashboard stopped")
+    return EXIT_OK
+
+
+def _export_parser(sub: Any) -> None:
+    p = sub.add_parser("export", help="re-train a trial on train+valid and save it as standalone SavedModels")
+    _storage_args(p)
+    p.add_argument("--trial", default="best", help="'best' (default) or a trial number")
+    p.add_argument("--out", help="output folder (default models/<study>-trial<N>)")
+    _add_common(p)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from study.export import export_model
+
+    optuna_study = load_existing_study(args.storage, args.study_name)
+    export_model(optuna_study, args.trial, args.out, storage_url=args.storage)
+    return EXIT_OK
+
+
+def _recommend_parser(sub: Any) -> None:
+    p = sub.add_parser("recommend", help="print the top-k titles for a user from an exported model")
+    p.add_argument("--model", required=True, help="folder written by `python -m study export`")
+    p.add_argument("--user", required=True, help="raw user id as in the data")
+    p.add_argument("--k", type=int, default=10, help="how many items (default 10)")
+    p.add_argument("--time", help="Unix seconds or ISO date of the query (default: the latest time in the data)")
+    _add_common(p)
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from study.export import load_card, parse_time, recommend
+
+    card = load_card(args.model)
+    timestamp, source = parse_time(args.time, card)
+    result = recommend(args.model, args.user, k=args.k, timestamp=timestamp)
+    if not result["known_user"]:
+        examples = ", ".join(repr(u) for u in card.get("data", {}).get("example_users", []))
+        raise ConfigError(
+            f"--user {args.user!r}: unknown user (not in the model's {card.get('data', {}).get('num_users', '?')} "
+            f"training users{'; e.g. ' + examples if examples else ''})"
+        )
+    if not args.quiet:
+        print(f"top {len(result['items'])} for user {args.user} at time {timestamp} ({source}):")
+    for rank, (item_id, title, score) in enumerate(result["items"], start=1):
+        print(f"{rank:>3}. {title}  [{item_id}]  {score:.3f}" if not args.quiet else title)
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------------------------- main
 
 _COMMANDS: dict[str, tuple[Callable[[Any], None], Callable[[argparse.Namespace], int]]] = {
@@ -364,6 +470,11 @@ _COMMANDS: dict[str, tuple[Callable[[Any], None], Callable[[argparse.Namespace],
     "run": (_run_parser, cmd_run),
     "best": (lambda sub: _storage_args(sub.add_parser("best", help="print the best trial and how to retrain it")), cmd_best),
     "list": (lambda sub: _storage_args(sub.add_parser("list", help="list the studies in a storage"), with_study=False), cmd_list),
+    "report": (_report_parser, cmd_report),
+    "evaluate": (_evaluate_parser, cmd_evaluate),
+    "dashboard": (_dashboard_parser, cmd_dashboard),
+    "export": (_export_parser, cmd_export),
+    "recommend": (_recommend_parser, cmd_recommend),
 }
 
 

@@ -229,6 +229,8 @@ class RunSettings:
         sampler, pruner: names in ``runner.SAMPLERS`` / ``runner.PRUNERS``.
         trials: target number of finished (complete + pruned) trials in the study.
         timeout: seconds after which no new trial starts (None = no limit).
+        trial_timeout: seconds one trial may train; checked after every epoch, a trial past it stops and is FAIL
+            (None = no limit).
         max_epochs: overrides ``train.epochs`` of every trial.
         eval_every: overrides ``train.eval_every``.
         metric: the validation metric to maximise (``top100``, ``recall10``, …).
@@ -251,6 +253,7 @@ class RunSettings:
     pruner: str = "hyperband"
     trials: int = 100
     timeout: float | None = None
+    trial_timeout: float | None = None
     max_epochs: int | None = None
     eval_every: int | None = None
     metric: str = "top100"

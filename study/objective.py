@@ -13,7 +13,7 @@ import optuna
 
 from study.config import RunSettings, TrialConfig
 from study.data import EncodedData
-from study.errors import NonFiniteLossError
+from study.errors import NonFiniteLossError, StudyError
 from study.search_space import SearchSpace, suggest
 
 # Objectives a (multi-objective) study can optimise besides the validation metrics, and their directions.
@@ -35,6 +35,14 @@ def objective_direction(name: str) -> str:
         return COST_OBJECTIVES[name]
     metric_k(name)  # raises ValueError for an unknown name
     return "maximize"
+
+
+class TrialTimeoutError(StudyError):
+    """A trial trained for longer than ``--trial-timeout`` (checked after every epoch); the trial is marked FAIL."""
+
+    def __init__(self, epoch: int, seconds: float, limit: float) -> None:
+        super().__init__(f"exceeded --trial-timeout {limit:g}s: stopped after epoch {epoch} at {seconds:.1f}s")
+        self.epoch = epoch
 
 
 def worker_id() -> str:
@@ -81,7 +89,17 @@ class Objective:
         trial.set_user_attr("data_hash", self.data.data_hash)
         trial.set_user_attr("versions", dict(self.versions))
         trial.set_user_attr("max_epochs", cfg.train.epochs)
-        return self.run(trial, cfg)
+        try:
+            return self.run(trial, cfg)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:  # Optuna marks the trial FAIL; keep why (NaN loss and timeouts set their own)
+            if "fail_reason" not in trial.user_attrs:
+                trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna marks the trial FAIL and the run stops
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
 
     def run(self, trial: optuna.Trial, cfg: TrialConfig) -> float | tuple[float, ...]:
         from study.train import Trainer, build_model
@@ -121,6 +139,11 @@ class Objective:
 
         def callback(epoch_result: Any) -> bool:
             losses.append([epoch_result.epoch, round(epoch_result.loss, 4)])
+            elapsed = time.perf_counter() - start
+            if self.settings.trial_timeout is not None and elapsed > self.settings.trial_timeout:
+                if epoch_result.metrics is not None:
+                    curve.append([epoch_result.epoch, round(epoch_result.metrics[metric], 6)])
+                raise TrialTimeoutError(epoch_result.epoch, elapsed, self.settings.trial_timeout)
             if epoch_result.metrics is None:
                 return False
             value = epoch_result.metrics[metric]
@@ -139,6 +162,10 @@ class Objective:
             result = trainer.fit(callback=callback, metric=metric)
         except optuna.TrialPruned:
             record(trainer.result, pruned_at=state.get("pruned_at"))
+            raise
+        except TrialTimeoutError as exc:
+            record(trainer.result)
+            trial.set_user_attr("fail_reason", str(exc))
             raise
         except NonFiniteLossError as exc:
             trial.set_user_attr("fail_reason", str(exc))

@@ -155,18 +155,61 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseSto
             grace_period=GRACE_PERIOD,
             heartbeat_stale_trial_callback=_retry_failed_trial,
         )
+    engine_url = _with_installed_driver(url, scheme)
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)
-    except ModuleNotFoundError as exc:
+        storage = optuna.storages.RDBStorage(engine_url, engine_kwargs=engine, **kwargs)
+    except ImportError:  # Optuna turns the driver's ModuleNotFoundError into an ImportError
         extra = "postgres" if scheme.startswith("postgres") else "mysql"
         raise ConfigError(
-            f"--storage {shown}: the database driver is not installed ({exc.name}); "
-            f"pip install 'tower-study[{extra}]'"
+            f"--storage {shown}: the database driver is not installed; pip install 'tower-study[{extra}]'"
         ) from None
     except Exception as exc:  # sqlalchemy.exc.OperationalError, ArgumentError, …
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        reason = reason.replace(url, shown)
+        reason = reason.replace(engine_url, shown).replace(url, shown)
         raise ConfigError(f"--storage {shown}: cannot open storage ({mask_url(reason)[:200]})") from None
+    if scheme == "sqlite":
+        _serialize_sqlite_transactions(storage.engine)
+    return storage
+
+
+# Drivers the extras install, in order of preference, for a URL that names none. SQLAlchemy's own default for
+# ``postgresql://`` is psycopg 3 since 2.1 (``mysql://``: mysqlclient), which ``tower-study[postgres]`` does not install.
+_DRIVERS = {"postgresql": ("psycopg2", "psycopg"), "mysql": ("pymysql", "MySQLdb")}
+
+
+def _with_installed_driver(url: str, scheme: str) -> str:
+    """``postgresql://…`` (or ``postgres://…``) → ``postgresql+psycopg2://…`` when psycopg2 is the installed driver."""
+    import importlib.util
+
+    head, sep, rest = url.partition("://")
+    if not sep or "+" in head:
+        return url
+    dialect = "postgresql" if scheme in ("postgresql", "postgres") else scheme
+    for module in _DRIVERS.get(dialect, ()):
+        if importlib.util.find_spec(module) is not None:
+            return f"{dialect}+{module.lower()}://{rest}"
+    return url
+
+
+def _serialize_sqlite_transactions(engine: Any) -> None:
+    """Make every transaction on a SQLite storage ``BEGIN IMMEDIATE`` (SQLAlchemy's pysqlite recipe).
+
+    pysqlite opens a transaction only at the first write, so Optuna's read-check-write steps (claiming an enqueued
+    trial WAITING → RUNNING, failing a RUNNING trial) are not atomic across processes: two workers can both claim the
+    same enqueued retry. With the write lock taken at BEGIN, the read and the write happen under one lock (other
+    workers wait up to the busy timeout; transactions are a few milliseconds).
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy, not pysqlite, emits BEGIN
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while Optuna checked the schema predate the hooks
 
 
 def _enable_wal(path: Path) -> None:
@@ -183,8 +226,10 @@ def _retry_failed_trial(optuna_study: optuna.Study, trial: FrozenTrial) -> None:
 
 
 def _enqueue_retry(optuna_study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
-    storage = optuna_study._storage
-    storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+    try:
+        optuna_study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # already FAIL (heartbeat path, or reaped below): Optuna takes no attrs on a finished trial
     retried = trial.user_attrs.get("retry_of", trial.number)
     optuna_study.enqueue_trial(
         trial.params, user_attrs={"retry_of": retried, "retried_from": trial.number}, skip_if_exists=False
@@ -206,11 +251,14 @@ def reap_dead_local_workers(optuna_study: optuna.Study) -> list[int]:
         w_host, _, pid = worker.rpartition(":")
         if w_host != host or not pid.isdigit() or _pid_alive(int(pid)):
             continue
+        reason = f"worker {worker} died during the trial"
         try:
+            # The reason first: once the trial is FAIL, Optuna refuses to set its attrs (UpdateFinishedTrialError).
+            optuna_study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
             optuna_study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         except Exception:  # another worker got there first
             continue
-        _enqueue_retry(optuna_study, trial, f"worker {worker} died during the trial")
+        _enqueue_retry(optuna_study, trial, reason)
         reaped.append(trial.number)
     return reaped
 
@@ -224,7 +272,11 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a killed worker stays a zombie until the parent waits for it: dead all the same
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[:1] != ["Z"]
+    except OSError:  # no /proc (macOS) or gone in the meantime
+        return True
 
 
 # --------------------------------------------------------------------------------------------- study identity
@@ -487,11 +539,24 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all") -> R
                           counts[TrialState.COMPLETE], counts[TrialState.PRUNED], counts[TrialState.FAIL], 0.0)
     objective = Objective(space=space, data=data, settings=settings, versions=dict(versions()))
     progress = Progress(settings.trials, finished_before, settings.metric, settings.quiet, out)
+    from study.dashboard import with_dashboard  # per-trial artifacts + study note for optuna-dashboard
+
+    objective, callbacks = with_dashboard(objective, [progress.trial_done], settings.storage)
     progress.show_bar = worker_number() is None
     start = time.perf_counter()
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     interrupted = False
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) if _main_thread() else None
+    signalled: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        # Remembered because TensorFlow or Optuna can swallow the KeyboardInterrupt (or turn it into another error)
+        # when it lands inside their code; the loop below then stops anyway.
+        signalled.append(signum)
+        raise KeyboardInterrupt
+
+    previous = (
+        {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if _main_thread() else {}
+    )
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         while mode == "all":
@@ -509,14 +574,21 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all") -> R
                 reap_dead_local_workers(optuna_study)
                 _fail_stale(optuna_study)
                 continue
-            optuna_study.optimize(
-                objective, n_trials=1, catch=(Exception,), callbacks=[progress.trial_done], gc_after_trial=False
-            )
+            try:
+                optuna_study.optimize(
+                    objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False
+                )
+            except Exception:
+                if not signalled:
+                    raise
+            if signalled:
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         interrupted = True
+        _fail_own_running(optuna_study)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         progress.close()
     counts = count_states(optuna_study)
     summary = RunSummary(
@@ -554,6 +626,20 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all") -> R
     return summary
 
 
+def _fail_own_running(optuna_study: optuna.Study) -> None:
+    """After Ctrl-C: a trial of this process still RUNNING (interrupted while Optuna was recording it) becomes FAIL."""
+    from study.objective import worker_id
+
+    for trial in optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get("worker") != worker_id():
+            continue
+        try:
+            optuna_study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted")
+            optuna_study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except Exception:  # finished in the meantime
+            pass
+
+
 def _main_thread() -> bool:
     import threading
 
@@ -561,9 +647,9 @@ def _main_thread() -> bool:
 
 
 def _fail_stale(optuna_study: optuna.Study) -> None:
-    storage = optuna_study._storage
-    if isinstance(storage, optuna.storages.RDBStorage) and storage.is_heartbeat_enabled():
-        optuna.storages.fail_stale_trials(optuna_study)
+    # No isinstance(…, RDBStorage) check: a loaded study's storage is Optuna's _CachedStorage wrapping it, and
+    # fail_stale_trials itself returns at once for a storage without heartbeat.
+    optuna.storages.fail_stale_trials(optuna_study)
 
 
 def _space_epochs(space: Any) -> int:

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,6 +104,10 @@ def run_workers(argv: Sequence[str], jobs: int, stream: Any = None) -> int:
     print(f"started {jobs} workers ({threads} TensorFlow thread(s) each): pids {[p.pid for p in procs]}", file=stream)
     interrupted = False
     try:
+        # Polled, not Popen.wait(): on Ctrl-C, wait() first gives the child 0.25 s to exit on its own (it assumes the
+        # child got the terminal's SIGINT too); these workers are in their own session and only get the forwarded one.
+        while None in [p.poll() for p in procs]:  # every worker polled: a dead one is reaped at once, not left a zombie
+            time.sleep(0.1)
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:
         interrupted = True
@@ -114,5 +119,16 @@ def run_workers(argv: Sequence[str], jobs: int, stream: Any = None) -> int:
         pump.join(timeout=5)
     if interrupted:
         return 130
+    for i, (proc, code) in enumerate(zip(procs, codes, strict=True), 1):
+        if code < 0:  # killed by a signal (SIGKILL, the OOM killer): the others reap and retry its trial
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        elif code != 0:
+            how = f"exited with code {code}"
+        else:
+            continue
+        print(f"worker {i} (pid {proc.pid}) {how}", file=stream, flush=True)
     failed = [c for c in codes if c not in (0,)]
     return failed[0] if failed else 0

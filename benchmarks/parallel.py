@@ -1,0 +1,87 @@
+"""Trials per hour of ``python -m study run --jobs 1`` vs ``--jobs N`` on the same space, each in a fresh SQLite file.
+
+Each run is the whole command as a user runs it (start-up, TensorFlow imports of the parent and of every worker,
+data loading, the trials), with ``--pruner none`` so every trial does the same work and ``--no-test`` so only the
+search is timed. Prints one line per run, then exactly:
+
+    parallel: jobs=N speedup=S
+
+where ``S = trials/hour with --jobs N / trials/hour with --jobs 1``. Target on a 2-core CPU: S >= 1.3 for N = 2.
+Each run also prints the span of the trials alone (from the storage's timestamps, without the start-up) and the
+load average: on a shared machine other work skews both numbers.
+
+Usage:
+    python benchmarks/parallel.py [--trials 12] [--space quick] [--dataset embedded] [--jobs 2] [-v] [-- extra flags]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_once(jobs: int, args: argparse.Namespace, folder: Path) -> tuple[float, int]:
+    """Run the study with ``--jobs jobs`` in a fresh SQLite file; returns (wall seconds, finished trials)."""
+    import optuna
+
+    db = folder / f"jobs{jobs}.db"
+    storage = f"sqlite:///{db}"
+    cmd = [
+        sys.executable, "-m", "study", "run", "--jobs", str(jobs), "--trials", str(args.trials),
+        "--space", args.space, "--dataset", args.dataset, "--storage", storage, "--study-name", "parallel",
+        "--pruner", "none", "--seed", str(args.seed), "--no-test", "--quiet", *args.extra,
+    ]  # fmt: skip
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if args.verbose or proc.returncode != 0:
+        print(proc.stdout + proc.stderr, end="", flush=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"parallel: `run --jobs {jobs}` failed with exit code {proc.returncode}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trials = optuna.load_study(study_name="parallel", storage=storage).get_trials(deepcopy=False)
+    finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    failed = sum(t.state.name == "FAIL" for t in trials)
+    # Diagnostic only: the trials' own span (first start to last end), i.e. without the start-up of the processes.
+    span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+    print(
+        f"jobs={jobs}: {finished} trials ({failed} failed) in {wall:.1f} s wall = {finished / wall * 3600:.0f} "
+        f"trials/hour; the trials alone took {span:.1f} s ({finished / span * 3600:.0f} trials/hour); "
+        f"load average before: {load:.2f} on {os.cpu_count()} cores",
+        flush=True,
+    )
+    return wall, finished
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--space", default="quick")
+    parser.add_argument("--dataset", default="embedded")
+    parser.add_argument("--jobs", type=int, default=2, help="the parallel run's --jobs (compared with --jobs 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-v", "--verbose", action="store_true", help="print the CLI's output too")
+    parser.add_argument("extra", nargs="*", help="more flags for `study run` (after --)")
+    args = parser.parse_args(argv)
+    if args.jobs < 2:
+        parser.error("--jobs: must be >= 2")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rates = {}
+        for jobs in (1, args.jobs):
+            wall, finished = run_once(jobs, args, Path(tmp))
+            rates[jobs] = finished / wall * 3600
+    print(f"parallel: jobs={args.jobs} speedup={rates[args.jobs] / rates[1]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
