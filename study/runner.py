@@ -39,9 +39,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SAMPLERS: dict[str, Callable[[int | None, bool], optuna.samplers.BaseSampler]] = {
     "tpe": lambda seed, multi: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True),
     "random": lambda seed, multi: optuna.samplers.RandomSampler(seed=seed),
-    "cmaes": lambda seed, multi: optuna.samplers.CmaEsSampler(
-        seed=seed, warn_independent_sampling=False, independent_sampler=optuna.samplers.TPESampler(seed=seed)
-    ),
+    "cmaes": lambda seed, multi: _cmaes_sampler(seed, multi),
     "gp": lambda seed, multi: _gp_sampler(seed),
     "qmc": lambda seed, multi: optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False),
     "nsga2": lambda seed, multi: optuna.samplers.NSGAIISampler(seed=seed),
@@ -55,6 +53,16 @@ PRUNERS: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
     "successive-halving": lambda max_epochs: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
     "none": lambda max_epochs: optuna.pruners.NopPruner(),
 }
+
+
+def _cmaes_sampler(seed: int | None, multi: bool) -> optuna.samplers.BaseSampler:
+    if multi:
+        raise ValueError(
+            "sampler 'cmaes' is single-objective only; with --objectives use tpe, nsga2, random, qmc or gp"
+        )
+    return optuna.samplers.CmaEsSampler(
+        seed=seed, warn_independent_sampling=False, independent_sampler=optuna.samplers.TPESampler(seed=seed)
+    )
 
 
 def _gp_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
@@ -463,9 +471,12 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all") -> R
         if sampler_seed is not None and worker_number():  # --jobs workers must not sample the same sequence
             sampler_seed += 7919 * int(worker_number())
         sampler = build_sampler(settings.sampler, sampler_seed, multi)
+    except ValueError as exc:
+        raise ConfigError(f"--sampler {settings.sampler}: {exc}") from None
+    try:
         pruner = build_pruner(settings.pruner, max_epochs)
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(f"--pruner {settings.pruner}: {exc}") from None
     if multi and settings.pruner != "none":
         print(
             f"note: pruning is not available for multi-objective studies in Optuna; --pruner {settings.pruner} is "

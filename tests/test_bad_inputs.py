@@ -178,5 +178,5 @@ def test_debug_shows_traceback(files: dict[str, Path], tmp_path: Path) -> None:
     proc = cli(argv_for("unknown_pruner", files) + ["--debug"], cwd=tmp_path, timeout=120)
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr
-    assert last_line(proc.stderr).startswith("study.errors.ConfigError: unknown pruner 'medain'"), proc.stderr
+    assert last_line(proc.stderr).startswith("study.errors.ConfigError: --pruner medain: unknown pruner 'medain'"), proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -1,6 +1,7 @@
 """End to end: ``python -m study run/best/list/train`` in a subprocess on a small CSV, with real Optuna, SQLite and
 TensorFlow (no mocks). Covers a study landing in SQLite, ``best``/``list``, SIGKILL + resume, Ctrl-C, pruning,
-``--seed`` reproducibility, refusing another dataset/space under the same name, and a NaN-loss trial.
+``--seed`` reproducibility, refusing another dataset/space under the same name, a NaN-loss trial, a
+multi-objective (accuracy vs memory) study and the embedding-size budget.
 """
 
 from __future__ import annotations
@@ -333,3 +334,72 @@ def test_nan_loss_trial_fails_and_the_study_reaches_its_target(work: Path, tmp_p
     assert len(complete) == 3 and all(t.params["learning_rate"] == 0.1 for t in complete)
     assert f"done: 3/3 finished (3 complete, 0 pruned, {len(failed)} failed)" in proc.stdout
     assert study.best_trial.number in {t.number for t in complete}
+
+
+# ------------------------------------------------------------------------------------------------ multi-objective
+
+# Full tables vs hashing at two dims: the trials differ a lot in embedding bytes, so there is a real Pareto front.
+MEMORY_SPACE = """\
+model:
+  layers: [16]
+  embedding: {type: categorical, choices: [full, hashing]}
+  hash_bucket_fraction: {type: float, low: 0.05, high: 0.3, when: {embedding: hashing}}
+  embedding_dim: {type: categorical, choices: [4, 16]}
+train:
+  learning_rate: {type: float, low: 0.05, high: 0.5, log: true}
+  batch_size: 256
+  epochs: 3
+  eval_every: 1
+  jit: false
+"""
+
+
+def _dominates(a: list[float], b: list[float]) -> bool:
+    """a dominates b for (maximize, minimize)."""
+    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+
+def test_multi_objective_run_yields_a_pareto_front_readable_with_load_study(work: Path) -> None:
+    import optuna
+
+    write_space(work / "memory.yaml", MEMORY_SPACE)
+    db = work / "multi.db"
+    args = ["run", "--trials", "6", "--space", "memory.yaml", "--dataset", "csv:data.csv", "--seed", "1",
+            "--objectives", "top100,embedding_bytes", "--storage", f"sqlite:///{db}"]  # fmt: skip
+    proc = cli(args, cwd=work)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _no_traceback(proc.stdout, proc.stderr)
+    assert "pruning is not available for multi-objective studies" in proc.stdout
+
+    study = optuna.load_study(study_name="csv_data.csv-memory", storage=f"sqlite:///{db}")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 6, states(study)  # no pruning in a multi-objective study: every trial runs to the end
+    for t in complete:
+        assert t.values[0] == pytest.approx(t.user_attrs["valid_metrics"]["top100"], abs=1e-6)
+        assert t.values[1] == t.user_attrs["embedding_bytes"] == 4 * t.user_attrs["embedding_params"]
+        assert t.user_attrs["epochs_run"] == 3
+    assert len({t.values[1] for t in complete}) > 1, "every trial had the same embedding size"
+    front = study.best_trials
+    assert front
+    front_numbers = {t.number for t in front}
+    for t in complete:  # exactly the non-dominated trials, checked by hand
+        dominated = any(_dominates(o.values, t.values) for o in complete if o.number != t.number)
+        assert (t.number in front_numbers) == (not dominated), (t.number, t.values)
+
+    best = cli(["best", "--storage", f"sqlite:///{db}"], cwd=work)
+    assert best.returncode == 0, best.stderr
+    assert f"{len(front)} Pareto-optimal trials" in best.stdout
+
+
+def test_max_embedding_mb_rejects_over_budget_configs_before_training(work: Path) -> None:
+    db = work / "budget.db"
+    args = [*BASIC, "--trials", "2", "--no-test", "--max-embedding-mb", "0.001", "--storage", f"sqlite:///{db}"]
+    proc = cli(args, cwd=work)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = load(db)
+    assert states(study) == {"PRUNED": 2}
+    for t in study.trials:
+        assert t.user_attrs["embedding_bytes"] > 0.001 * 2**20
+        assert "> --max-embedding-mb 0.001" in t.user_attrs["pruned_reason"]
+        assert t.user_attrs["epochs_run"] == 0 and not t.intermediate_values  # never trained
