@@ -86,8 +86,7 @@ def evaluate_study(optuna_study: Any, top: int = 5, seeds: int = 3, out: Any = N
     Raises:
         ConfigError: bad ``top``/``seeds``, no complete trial, or the study's data is not available or changed.
     """
-    from study import data as data_mod
-    from study.runner import trial_config
+    from study.runner import load_study_data, trial_config
     from study.train import train
 
     out = out or sys.stdout
@@ -97,17 +96,10 @@ def evaluate_study(optuna_study: Any, top: int = 5, seeds: int = 3, out: Any = N
         raise ConfigError(f"--seeds: a confidence interval needs at least 2 seeds, but got {seeds}")
     attrs = optuna_study.user_attrs
     name = optuna_study.study_name
-    if not attrs.get("dataset"):
-        raise ConfigError(f"study {name!r} does not record its dataset; was it created by `python -m study run`?")
     trials = top_trials(optuna_study, top)
     if not trials:
         raise ConfigError(f"study {name!r} has no complete trial yet; run `python -m study run` first")
-    data = data_mod.load(attrs["dataset"], attrs.get("protocol", "random"))
-    if attrs.get("data_hash") and data.data_hash != attrs["data_hash"]:
-        raise ConfigError(
-            f"the data of {attrs['dataset']} changed since study {name!r} ran (hash {data.data_hash}, the study "
-            f"recorded {attrs['data_hash']}); its test split is not the one the study was run with"
-        )
+    data = load_study_data(optuna_study)
     metric = str(attrs.get("metric", "top100"))
     stored = dict(attrs.get("seed_reruns") or {})
     written: dict[str, dict[str, Any]] = {}

@@ -269,26 +269,18 @@ def export_model(
     """
     import tensorflow as tf
 
-    from study import data as data_mod
     from study.errors import ConfigError
-    from study.runner import mask_url, trial_config
+    from study.runner import load_study_data, mask_url, trial_config
     from study.train import train, versions
 
     out = out or sys.stdout
     attrs = optuna_study.user_attrs
     name = optuna_study.study_name
     trial = resolve_trial(optuna_study, which)
-    if not attrs.get("dataset"):
-        raise ConfigError(f"study {name!r} does not record its dataset; was it created by `python -m study run`?")
     path = Path(out_dir) if out_dir else default_out_dir(name, trial.number)
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / CARD).exists())):
         raise ConfigError(f"--out {path}: exists and is not a model export; pick another folder")
-    data = data_mod.load(attrs["dataset"], attrs.get("protocol", "random"))
-    if attrs.get("data_hash") and data.data_hash != attrs["data_hash"]:
-        raise ConfigError(
-            f"the data of {attrs['dataset']} changed since study {name!r} ran (hash {data.data_hash}, the study "
-            f"recorded {attrs['data_hash']}); re-run the study on the current data"
-        )
+    data = load_study_data(optuna_study)
     cfg = trial_config(optuna_study, trial)
     epochs = int(trial.user_attrs.get("best_epoch") or cfg.train.epochs)
     cfg = cfg.replace(train={"epochs": epochs, "eval_every": epochs, "patience": 0})

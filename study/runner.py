@@ -314,6 +314,27 @@ def check_identity(optuna_study: optuna.Study, identity: dict[str, Any], storage
             )
 
 
+def load_study_data(optuna_study: optuna.Study) -> Any:
+    """The ``EncodedData`` a study was run on (its recorded dataset and protocol), checked against its data hash.
+
+    Raises:
+        ConfigError: the study records no dataset (not made by ``python -m study run``) or the data changed since.
+    """
+    from study import data as data_mod
+
+    attrs = optuna_study.user_attrs
+    name = optuna_study.study_name
+    if not attrs.get("dataset"):
+        raise ConfigError(f"study {name!r} does not record its dataset; was it created by `python -m study run`?")
+    data = data_mod.load(attrs["dataset"], attrs.get("protocol", "random"))
+    if attrs.get("data_hash") and data.data_hash != attrs["data_hash"]:
+        raise ConfigError(
+            f"the data of {attrs['dataset']} changed since study {name!r} ran (hash {data.data_hash}, the study "
+            f"recorded {attrs['data_hash']}), so its splits are not the ones the study used; re-run the study"
+        )
+    return data
+
+
 # --------------------------------------------------------------------------------------------- run
 
 

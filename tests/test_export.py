@@ -31,6 +31,35 @@ def test_time_constants_reproduce_the_encoding_of_raw_timestamps() -> None:
         np.testing.assert_array_equal(norm, part.time_norm)
 
 
+def test_export_and_evaluate_refuse_a_study_whose_data_changed(tmp_path: Path) -> None:
+    """``export``/``evaluate`` re-split the recorded dataset: a missing record or another data hash is refused."""
+    import optuna
+    from e2e_util import write_dataset
+
+    from study.evaluate import evaluate_study
+    from study.runner import load_study_data
+
+    csv = write_dataset(tmp_path / "data.csv", n_rows=2000)
+    optuna_study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
+    trial = optuna_study.ask()
+    trial.set_user_attr("config", {"model": {}, "train": {}})
+    optuna_study.tell(trial, 0.5)
+    for call in (lambda: export_model(optuna_study, "best", tmp_path / "m"), lambda: load_study_data(optuna_study)):
+        with pytest.raises(ConfigError, match="does not record its dataset"):
+            call()
+    optuna_study.set_user_attr("dataset", f"csv:{csv}")
+    optuna_study.set_user_attr("protocol", "random")
+    assert load_study_data(optuna_study).data_hash  # no hash recorded: nothing to compare
+    recorded = load_study_data(optuna_study).data_hash
+    optuna_study.set_user_attr("data_hash", recorded)
+    assert load_study_data(optuna_study).data_hash == recorded
+    write_dataset(csv, n_rows=2000, seed=1)  # the file is edited after the study ran
+    with pytest.raises(ConfigError, match=f"changed since study 's' ran .* recorded {recorded}"):
+        load_study_data(optuna_study)
+    with pytest.raises(ConfigError, match="changed since study 's' ran"):
+        evaluate_study(optuna_study, top=1, seeds=2)
+
+
 def test_resolve_trial_rejects_bad_choices() -> None:
     study = small_study().load()
     assert resolve_trial(study, "best").number == study.best_trial.number
