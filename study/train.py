@@ -69,7 +69,7 @@ class Evaluator:
     put it below its own copy). Top-k accuracy is ``mean(rank < k)``, FactorizedTopK's definition.
     """
 
-    def __init__(self, model: TwoTowerModel, chunk: int = 4096) -> None:
+    def __init__(self, model: TwoTowerModel, chunk: int = 4096, jit: bool = True) -> None:
         self.model = model
         self.chunk = chunk
         spec = {
@@ -79,16 +79,14 @@ class Evaluator:
             "item": tf.TensorSpec([None], tf.int32),
         }
 
-        @tf.function(input_signature=[spec, tf.TensorSpec([None, None], tf.float32)])
+        @tf.function(jit_compile=jit, input_signature=[spec, tf.TensorSpec([None, None], tf.float32)])
         def _ranks(features: dict[str, tf.Tensor], candidates: tf.Tensor) -> tf.Tensor:
             query = model.query_tower(features, training=False)  # [chunk, dim]
             scores = tf.matmul(query, candidates, transpose_b=True)  # [chunk, num_items - 1]
             true = tf.gather(scores, features["item"] - 1, axis=1, batch_dims=1)  # [chunk]
-            higher = tf.reduce_sum(tf.cast(scores > true[:, None], tf.int32), axis=1)
-            # Ties count against the model (the true item's own column is the one tie that is not): a collapsed
-            # model that scores every item the same must rank last, not first.
-            ties = tf.reduce_sum(tf.cast(scores == true[:, None], tf.int32), axis=1) - 1
-            return higher + ties
+            # Candidates scoring >= the true item, less the true item itself: ties count against the model, so a
+            # collapsed model that scores every item the same ranks last, not first. One pass over the scores.
+            return tf.reduce_sum(tf.cast(scores >= true[:, None], tf.int32), axis=1) - 1
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
         def _candidates(items: tf.Tensor) -> tf.Tensor:
@@ -102,14 +100,28 @@ class Evaluator:
         return self._candidates_fn(tf.range(1, self.model.num_items, dtype=tf.int32))
 
     def ranks(self, split: Interactions) -> np.ndarray:
-        """int [n]: 0-based rank of each interaction's true item among all candidates."""
+        """int [n]: 0-based rank of each interaction's true item among all candidates.
+
+        Every chunk has the same shape (the last one is padded with copies of its last row, cut off after), so the
+        XLA-compiled rank function compiles once per model.
+        """
+        n = len(split)
+        if n == 0:
+            return np.zeros([0], np.int32)
         candidates = self.candidate_embeddings()
         feats = _features(split)
+        size = min(self.chunk, n)
         out = []
-        for start in range(0, len(split), self.chunk):
-            chunk = {k: tf.constant(v[start : start + self.chunk]) for k, v in feats.items()}
-            out.append(self._ranks_fn(chunk, candidates).numpy())
-        return np.concatenate(out) if out else np.zeros([0], np.int32)
+        for start in range(0, n, size):
+            stop = min(start + size, n)
+            chunk = {}
+            for k, v in feats.items():
+                part = v[start:stop]
+                if stop - start < size:
+                    part = np.concatenate([part, np.repeat(part[-1:], size - (stop - start), axis=0)])
+                chunk[k] = tf.constant(part)
+            out.append(self._ranks_fn(chunk, candidates).numpy()[: stop - start])
+        return np.concatenate(out)
 
     def evaluate(self, split: Interactions, ks: tuple[int, ...] = ALL_KS) -> dict[str, float]:
         """Top-k accuracy, recall@k and NDCG@k for each k (see :func:`metrics_from_ranks`)."""
@@ -316,7 +328,7 @@ class Trainer:
         metric = metric or cfg.metric
         metric_k(metric)
         eval_split = self.data.valid if eval_split is None else eval_split
-        evaluator = Evaluator(self.model)
+        evaluator = Evaluator(self.model, jit=self.cfg.jit)
         ks = tuple(sorted(set(cfg.ks) | {metric_k(metric)}))
         result = TrainResult(param_counts=self.model.param_counts())
         self.result = result  # readable after an exception raised by the callback (e.g. pruning)
