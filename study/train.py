@@ -444,7 +444,7 @@ def validate_config(cfg: TrialConfig) -> None:
     Raises:
         ConfigError: naming the field, the value and the valid names.
     """
-    from study.embeddings import EMBEDDINGS
+    from study.embeddings import EMBEDDINGS, QR_COMBINERS
     from study.errors import ConfigError
     from study.towers import ACTIVATIONS, BODIES, CROSS_STRUCTURES
 
@@ -453,10 +453,6 @@ def validate_config(cfg: TrialConfig) -> None:
         ("model.body", cfg.model.body, BODIES),
         ("model.embedding", cfg.model.embedding, EMBEDDINGS),
         ("train.optimizer", cfg.train.optimizer, OPTIMIZERS),
-    ]
-    from study.embeddings import QR_COMBINERS
-
-    checks += [
         ("model.qr_combiner", cfg.model.qr_combiner, QR_COMBINERS),
         ("model.cross_structure", cfg.model.cross_structure, CROSS_STRUCTURES),
     ]
