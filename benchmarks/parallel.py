@@ -11,7 +11,7 @@ Each run also prints the span of the trials alone (from the storage's timestamps
 load average: on a shared machine other work skews both numbers.
 
 Usage:
-    python benchmarks/parallel.py [--trials 12] [--space quick] [--dataset embedded] [--jobs 2] [-v] [-- extra flags]
+    python benchmarks/parallel.py [--trials 24] [--space quick] [--dataset embedded] [--jobs 2] [-v] [-- extra flags]
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def run_once(jobs: int, args: argparse.Namespace, folder: Path) -> tuple[float, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--trials", type=int, default=24, help="finished trials per run (default 24)")
     parser.add_argument("--space", default="quick")
     parser.add_argument("--dataset", default="embedded")
     parser.add_argument("--jobs", type=int, default=2, help="the parallel run's --jobs (compared with --jobs 1)")
