@@ -109,19 +109,14 @@ class Evaluator:
         if n == 0:
             return np.zeros([0], np.int32)
         candidates = self.candidate_embeddings()
-        feats = _features(split)
         size = min(self.chunk, n)
-        out = []
-        for start in range(0, n, size):
-            stop = min(start + size, n)
-            chunk = {}
-            for k, v in feats.items():
-                part = v[start:stop]
-                if stop - start < size:
-                    part = np.concatenate([part, np.repeat(part[-1:], size - (stop - start), axis=0)])
-                chunk[k] = tf.constant(part)
-            out.append(self._ranks_fn(chunk, candidates).numpy()[: stop - start])
-        return np.concatenate(out)
+        padded = -(-n // size) * size
+        feats = {k: np.pad(v, (0, padded - n), mode="edge") for k, v in _features(split).items()}
+        out = [
+            self._ranks_fn({k: tf.constant(v[start : start + size]) for k, v in feats.items()}, candidates).numpy()
+            for start in range(0, padded, size)
+        ]
+        return np.concatenate(out)[:n]
 
     def evaluate(self, split: Interactions, ks: tuple[int, ...] = ALL_KS) -> dict[str, float]:
         """Top-k accuracy, recall@k and NDCG@k for each k (see :func:`metrics_from_ranks`)."""

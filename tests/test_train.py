@@ -305,8 +305,8 @@ def test_collapsed_model_ranks_last_not_first() -> None:
     assert (ranks == data.num_items - 2).all()  # last among the num_items - 1 real candidates
 
 
-def test_chunked_padded_ranks_equal_one_pass_and_compile_once() -> None:
-    """The last, short chunk is padded to the chunk shape and cut off: ranks match an unchunked pass, one trace."""
+def test_chunked_padded_ranks_equal_one_pass() -> None:
+    """The last, short chunk is padded to the chunk shape and cut off: ranks match an unchunked pass."""
     data = small_data()
     cfg = _cfg(epochs=1)
     model, _ = train(cfg, data)
