@@ -383,7 +383,7 @@ def test_shipped_spaces_content() -> None:
     names = set(default.distributions())
     assert {"depth", "units_0", "units_1", "output_dim", "optimizer", "learning_rate", "momentum"} <= names
     assert "units_2" not in names
-    assert default.entry("epochs") is not None and default.entry("epochs").value == 20
+    assert default.entry("epochs") is not None and default.entry("epochs").value == 15
 
     tutorial = load_space("tutorial")
     assert list(tutorial.distributions()) == ["layers"]
@@ -558,7 +558,7 @@ def test_fingerprint_ignores_formatting_but_not_ranges(tmp_path: Path) -> None:
     changed = original.replace("high: 0.5, log: true", "high: 0.4, log: true")
     assert changed != original
     assert load_space(str(_write(tmp_path, changed, "c.yaml"))).fingerprint() != base
-    changed = original.replace("epochs: 20", "epochs: 21")
+    changed = original.replace("epochs: 15", "epochs: 16")
     assert load_space(str(_write(tmp_path, changed, "d.yaml"))).fingerprint() != base
     changed = original.replace("when: {optimizer: rmsprop}", "when: {optimizer: [rmsprop, adam]}")
     assert load_space(str(_write(tmp_path, changed, "e.yaml"))).fingerprint() != base
