@@ -222,19 +222,46 @@ def run_settings_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from study.workers import wait_for_parent
+
+    if args.jobs is not None and args.jobs > 1:
+        return _run_jobs(args)
+    def prefetch() -> None:  # a waiting --jobs worker loads the data while its parent validates the run
+        from study import data
+
+        settings = run_settings_from_args(args)
+        data.load(settings.dataset, settings.protocol)
+
+    if not wait_for_parent(prefetch):  # a --jobs worker whose parent stopped the run (bad input, Ctrl-C) before it began
+        return EXIT_OK
     from study.runner import run_study
 
     settings = run_settings_from_args(args)
     if settings.jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, but got {settings.jobs}")
-    if settings.jobs == 1:
-        summary = run_study(settings)
-        return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
-    from study.runner import mask_url
-    from study.workers import run_workers
+    summary = run_study(settings)
+    return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
 
-    run_study(settings, mode="prepare")
-    code = run_workers(args.argv, settings.jobs)
+
+def _run_jobs(args: argparse.Namespace) -> int:
+    """``run --jobs N``: the workers start first, so they import TensorFlow while this process validates the run."""
+    from study.workers import Workers
+
+    workers = Workers(args.argv, args.jobs)
+    try:
+        if not args.debug:
+            import_tensorflow_quietly()
+        settings = run_settings_from_args(args)
+        from study.runner import run_study
+
+        run_study(settings, mode="prepare")
+    except BaseException:
+        workers.stop()
+        raise
+    from study.runner import mask_url
+
+    workers.go()
+    code = workers.wait()
     if code == EXIT_INTERRUPTED:
         print(f"interrupted: finished trials are saved in {mask_url(settings.storage)}; run the same command again to resume")
         return EXIT_INTERRUPTED
@@ -527,7 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     _, handler = _COMMANDS[args.command]
     try:
-        if not getattr(args, "debug", False):
+        starts_workers = args.command == "run" and (args.jobs or 1) > 1  # it imports TensorFlow after starting them
+        if not getattr(args, "debug", False) and not starts_workers:
             import_tensorflow_quietly()
         return handler(args)
     except StudyError as exc:

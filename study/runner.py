@@ -602,7 +602,7 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all") -> R
                 break
             if finished + running >= settings.trials:
                 # Other workers hold the last trials; wait for them (or for their heartbeat to fail).
-                time.sleep(2)
+                time.sleep(0.5)
                 reap_dead_local_workers(optuna_study)
                 _fail_stale(optuna_study)
                 continue

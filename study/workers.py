@@ -1,7 +1,9 @@
 """``run --jobs N``: N worker processes on this machine sharing one study.
 
-The parent validates everything and creates the study first (so workers never race to create it), then starts N
-copies of the same ``run`` command with ``--jobs 1``. Each worker limits TensorFlow to ``cores // N`` intra-op
+The parent starts N copies of the same ``run`` command with ``--jobs 1`` at once, so the workers import TensorFlow
+while the parent validates everything and creates the study; each worker then waits on its stdin for the parent's
+``go`` (so workers never race to create the study, and a bad input is reported once, by the parent, after which the
+waiting workers are stopped without a word). Each worker limits TensorFlow to ``cores // N`` intra-op
 threads (so N workers do not oversubscribe the cores), prints its finished trials prefixed with its number, and
 stops when the study holds ``--trials`` finished trials (the count is read from the storage, so it is exact across
 workers). When all workers are done, the parent scores the best trial on the test split. Ctrl-C stops every worker
@@ -20,11 +22,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 ENV_WORKER = "TOWER_STUDY_WORKER"
 ENV_THREADS = "TOWER_STUDY_THREADS"
+ENV_WAIT = "TOWER_STUDY_WAIT_FOR_PARENT"
 
 
 def worker_number() -> str | None:
@@ -44,6 +47,31 @@ def limit_threads() -> None:
         tf.config.threading.set_inter_op_parallelism_threads(max(1, int(threads)))
     except RuntimeError:  # TensorFlow already initialised its thread pools (e.g. in-process tests)
         pass
+
+
+def wait_for_parent(prefetch: Callable[[], Any] | None = None) -> bool:
+    """In a worker started before its parent validated the run: warm up, then block until the parent says go.
+
+    Warming up is importing what every trial needs (TensorFlow, TFRS, Optuna, the trainer) and calling ``prefetch``
+    (e.g. loading the data into the in-process cache). Any error in ``prefetch`` is ignored: the parent validates
+    the same input and reports it once, and the worker meets the error again after go if it is real. Returns True
+    to go on (also when this process is not a waiting worker), False when the parent said stop or went away.
+    """
+    if not os.environ.get(ENV_WAIT):
+        return True
+    import optuna  # noqa: F401
+    import tensorflow_recommenders  # noqa: F401
+
+    import study.objective  # noqa: F401
+    import study.runner  # noqa: F401
+    import study.train  # noqa: F401
+
+    if prefetch is not None:
+        try:
+            prefetch()
+        except Exception:  # reported by the parent
+            pass
+    return sys.stdin.readline().strip() == "go"
 
 
 def threads_per_worker(jobs: int, cores: int | None = None) -> int:
@@ -76,59 +104,101 @@ def _pump(proc: subprocess.Popen, label: str, stream: Any) -> None:
         stream.flush()
 
 
-def run_workers(argv: Sequence[str], jobs: int, stream: Any = None) -> int:
-    """Start ``jobs`` worker processes running ``python -m study`` + ``worker_argv(argv)`` and wait for them.
+class Workers:
+    """``jobs`` worker processes running ``python -m study`` + ``worker_argv(argv)``, started at once; each waits
+    for :meth:`go` (see :func:`wait_for_parent`) and its output is copied to ``stream`` prefixed ``[worker i]``."""
 
-    Returns:
-        0 when every worker succeeded, 130 when interrupted, else the first non-zero exit code.
-    """
-    stream = stream or sys.stdout
-    threads = threads_per_worker(jobs)
-    procs: list[subprocess.Popen] = []
-    pumps: list[threading.Thread] = []
-    args = worker_argv(argv)
-    for i in range(1, jobs + 1):
-        env = dict(os.environ, **{ENV_WORKER: str(i), ENV_THREADS: str(threads), "PYTHONUNBUFFERED": "1"})
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "study", *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # Ctrl-C reaches the parent only; it forwards SIGINT to each worker
-        )
-        procs.append(proc)
-        pump = threading.Thread(target=_pump, args=(proc, str(i), stream), daemon=True)
-        pump.start()
-        pumps.append(pump)
-    print(f"started {jobs} workers ({threads} TensorFlow thread(s) each): pids {[p.pid for p in procs]}", file=stream)
-    interrupted = False
-    try:
-        # Polled, not Popen.wait(): on Ctrl-C, wait() first gives the child 0.25 s to exit on its own (it assumes the
-        # child got the terminal's SIGINT too); these workers are in their own session and only get the forwarded one.
-        while None in [p.poll() for p in procs]:  # every worker polled: a dead one is reaped at once, not left a zombie
-            time.sleep(0.1)
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        interrupted = True
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        codes = [p.wait() for p in procs]
-    for pump in pumps:
-        pump.join(timeout=5)
-    if interrupted:
-        return 130
-    for i, (proc, code) in enumerate(zip(procs, codes, strict=True), 1):
-        if code < 0:  # killed by a signal (SIGKILL, the OOM killer): the others reap and retry its trial
+    def __init__(self, argv: Sequence[str], jobs: int, stream: Any = None) -> None:
+        self.stream = stream or sys.stdout
+        self.jobs = jobs
+        self.threads = threads_per_worker(jobs)
+        self.procs: list[subprocess.Popen] = []
+        self.pumps: list[threading.Thread] = []
+        args = worker_argv(argv)
+        for i in range(1, jobs + 1):
+            env = dict(
+                os.environ,
+                **{ENV_WORKER: str(i), ENV_THREADS: str(self.threads), ENV_WAIT: "1", "PYTHONUNBUFFERED": "1"},
+            )
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "study", *args],
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,  # Ctrl-C reaches the parent only; it forwards SIGINT to each worker
+            )
+            self.procs.append(proc)
+            pump = threading.Thread(target=_pump, args=(proc, str(i), self.stream), daemon=True)
+            pump.start()
+            self.pumps.append(pump)
+
+    def _tell(self, word: str) -> None:
+        for proc in self.procs:
+            assert proc.stdin is not None
             try:
-                how = f"was killed by {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"was killed by signal {-code}"
-        elif code != 0:
-            how = f"exited with code {code}"
-        else:
-            continue
-        print(f"worker {i} (pid {proc.pid}) {how}", file=stream, flush=True)
-    failed = [c for c in codes if c not in (0,)]
-    return failed[0] if failed else 0
+                proc.stdin.write(word + "\n")
+                proc.stdin.flush()
+                proc.stdin.close()
+            except OSError:  # the worker is gone already; wait() reports how it ended
+                pass
+
+    def go(self) -> None:
+        """The study is ready: every worker starts its trials."""
+        self._tell("go")
+        print(
+            f"started {self.jobs} workers ({self.threads} TensorFlow thread(s) each): pids {[p.pid for p in self.procs]}",
+            file=self.stream,
+            flush=True,
+        )
+
+    def stop(self) -> None:
+        """The run is not going ahead (bad input, Ctrl-C before go): the workers, which have touched nothing, end."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs:
+            proc.wait()
+        for pump in self.pumps:
+            pump.join(timeout=5)
+
+    def wait(self) -> int:
+        """Wait for every worker after :meth:`go`.
+
+        Returns:
+            0 when every worker succeeded, 130 when interrupted, else the first non-zero exit code.
+        """
+        procs, stream = self.procs, self.stream
+        interrupted = False
+        try:
+            # Polled, not Popen.wait(): on Ctrl-C, wait() first gives the child 0.25 s to exit on its own (it assumes
+            # the child got the terminal's SIGINT too); these workers are in their own session and only get the
+            # forwarded one.
+            while None in [p.poll() for p in procs]:  # every worker polled: a dead one is reaped at once
+                time.sleep(0.1)
+            codes = [p.wait() for p in procs]
+        except KeyboardInterrupt:
+            interrupted = True
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+            codes = [p.wait() for p in procs]
+        for pump in self.pumps:
+            pump.join(timeout=5)
+        if interrupted:
+            return 130
+        for i, (proc, code) in enumerate(zip(procs, codes, strict=True), 1):
+            if code < 0:  # killed by a signal (SIGKILL, the OOM killer): the others reap and retry its trial
+                try:
+                    how = f"was killed by {signal.Signals(-code).name}"
+                except ValueError:
+                    how = f"was killed by signal {-code}"
+            elif code != 0:
+                how = f"exited with code {code}"
+            else:
+                continue
+            print(f"worker {i} (pid {proc.pid}) {how}", file=stream, flush=True)
+        failed = [c for c in codes if c not in (0,)]
+        return failed[0] if failed else 0
+

@@ -377,3 +377,29 @@ def test_failing_trials_are_recorded_with_a_reason_and_the_study_goes_on(work: P
             assert t.params["embedding_dim"] == 1 and t.user_attrs["fail_reason"] == reasons[raised]
     assert [t.state.name for t in trials if t.number > timed_out].count("COMPLETE") >= 1  # the study went on
     assert "done: 3/3 finished" in proc.stdout
+
+
+def test_bad_input_with_jobs_is_reported_once_and_the_waiting_workers_leave_nothing(work: Path, tmp_path: Path) -> None:
+    """The workers start before the parent validates (so they import TensorFlow meanwhile); on a bad input only the
+    parent speaks, the workers are stopped before they touch the storage, and none is left running."""
+    import optuna
+
+    db = tmp_path / "bad.db"
+    argv = ["run", "--jobs", "2", "--trials", "2", "--space", str(work / "one_epoch.yaml"), "--metric", "top7x"]
+    argv += ["--dataset", f"csv:{work / 'data.csv'}", "--storage", f"sqlite:///{db}", "--no-test"]
+    proc = cli(argv, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    no_traceback(proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --metric: ") and "top7x" in lines[0], proc.stderr
+    assert "[worker" not in proc.stdout and "started" not in proc.stdout, proc.stdout
+    assert not db.exists() or not optuna.get_all_study_names(f"sqlite:///{db}")
+    leftover = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(db).encode() in (entry / "cmdline").read_bytes():
+                    leftover.append(int(entry.name))
+            except OSError:
+                pass
+    assert not leftover, f"worker processes left running: {leftover}"
