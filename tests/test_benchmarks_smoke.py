@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/train_speed.py: a tiny run end to end, checking its machine-readable last line."""
+"""Smoke tests of the benchmarks: tiny runs end to end, checking their machine-readable last lines."""
 
 from __future__ import annotations
 
@@ -37,3 +37,22 @@ def test_train_speed_runs_and_reports() -> None:
         assert 0.0 <= float(match[name]) <= 1.0, (name, match[name])
     # one row per epoch with both sides' numbers
     assert sum(1 for line in lines if re.match(r"^\s+[12] \|", line)) == 2
+
+
+@pytest.mark.slow
+def test_parallel_benchmark_runs_and_reports() -> None:
+    """benchmarks/parallel.py end to end on 2 one-epoch trials per run: both runs finish and the last line parses."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "parallel.py"), "--trials", "2", "--epochs", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,  # a hang guard; three processes import TensorFlow, ~40 s on 2 cores
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    match = re.match(r"^parallel: jobs=2 speedup=(\d+\.\d\d)$", lines[-1])
+    assert match, f"unexpected last line: {lines[-1]!r}"
+    assert float(match[1]) > 0
+    for jobs in (1, 2):
+        assert any(line.startswith(f"jobs={jobs}: 2 trials (0 failed)") for line in lines), proc.stdout
