@@ -2,10 +2,12 @@
 
 Each run is the whole command as a user runs it (start-up, TensorFlow imports of the parent and of every worker,
 data loading, the trials), with ``--pruner none`` so every trial does the same work and ``--no-test`` so only the
-search is timed. Trials are the ``quick`` space's small models trained ``--epochs 9`` epochs each (Hyperband's
-middle rung; the default 100-trial study averages 7.2 epochs per trial): with the space's own 3 epochs a trial is
-mostly XLA compilation, which already keeps both cores busy in one process, so that mix understates what a study
-gains (``--epochs 3`` measures it). Prints one line per run, then exactly:
+search is timed. Both runs train the same ``--trials`` parameter sets (drawn at random from the space with
+``--seed`` and enqueued in each fresh study before it is timed), so they do the same work: with each run's sampler
+drawing its own, the ratio swung by ±0.07 with the configurations drawn. Trials are the ``quick`` space's small
+models trained ``--epochs 9`` epochs each (Hyperband's middle rung; the default 100-trial study averages 7.2 epochs
+per trial): with the space's own 3 epochs a trial is mostly XLA compilation, which already keeps both cores busy in
+one process (``--epochs 3`` measures that mix). Prints one line per run, then exactly:
 
     parallel: jobs=N speedup=S
 
@@ -31,18 +33,50 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_once(jobs: int, args: argparse.Namespace, folder: Path) -> tuple[float, int]:
-    """Run the study with ``--jobs jobs`` in a fresh SQLite file; returns (wall seconds, finished trials)."""
+def fixed_params(args: argparse.Namespace) -> list[dict]:
+    """``args.trials`` parameter sets drawn at random (seeded) from the space: both runs train exactly these."""
     import optuna
+
+    from study.search_space import load_space, suggest
+
+    space = load_space(args.space)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
+    params = []
+    for _ in range(args.trials):
+        trial = draw.ask()
+        suggest(trial, space)
+        params.append(dict(trial.params))
+        draw.tell(trial, 0.0)
+    return params
+
+
+def run_once(jobs: int, args: argparse.Namespace, folder: Path, params: list[dict]) -> tuple[float, int]:
+    """Run the study with ``--jobs jobs`` in a fresh SQLite file; returns (wall seconds, finished trials).
+
+    The study is created first (untimed) with ``params`` enqueued, so the run trains those trials in some order.
+    """
+    import io
+
+    import optuna
+
+    from study.cli import build_parser, run_settings_from_args
+    from study.runner import open_storage, run_study
 
     db = folder / f"jobs{jobs}.db"
     storage = f"sqlite:///{db}"
-    cmd = [
-        sys.executable, "-m", "study", "run", "--jobs", str(jobs), "--trials", str(args.trials),
+    argv = [
+        "run", "--jobs", str(jobs), "--trials", str(args.trials),
         "--space", args.space, "--dataset", args.dataset, "--storage", storage, "--study-name", "parallel",
         "--pruner", "none", "--seed", str(args.seed), "--no-test", "--quiet", "--max-epochs", str(args.epochs),
         *args.extra,
     ]  # fmt: skip
+    run_study(run_settings_from_args(build_parser().parse_args(argv)), out=io.StringIO(), mode="prepare")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    prepared = optuna.load_study(study_name="parallel", storage=open_storage(storage, heartbeat=False))
+    for p in params:
+        prepared.enqueue_trial(p)
+    cmd = [sys.executable, "-m", "study", *argv]
     load = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True)
@@ -55,6 +89,9 @@ def run_once(jobs: int, args: argparse.Namespace, folder: Path) -> tuple[float, 
     trials = optuna.load_study(study_name="parallel", storage=storage).get_trials(deepcopy=False)
     finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
     failed = sum(t.state.name == "FAIL" for t in trials)
+    trained = sorted(repr(sorted(t.params.items())) for t in trials if t.state.name in ("COMPLETE", "PRUNED"))
+    if trained != sorted(repr(sorted(p.items())) for p in params):
+        raise SystemExit(f"parallel: `run --jobs {jobs}` did not train exactly the enqueued trials")
     # Diagnostic only: the trials' own span (first start to last end), i.e. without the start-up of the processes.
     span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
     print(
@@ -82,8 +119,12 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         rates = {}
+        from study.cli import import_tensorflow_quietly
+
+        import_tensorflow_quietly()  # this process creates the studies (untimed), which imports TensorFlow
+        params = fixed_params(args)
         for jobs in (1, args.jobs):
-            wall, finished = run_once(jobs, args, Path(tmp))
+            wall, finished = run_once(jobs, args, Path(tmp), params)
             rates[jobs] = finished / wall * 3600
     print(f"parallel: jobs={args.jobs} speedup={rates[args.jobs] / rates[1]:.2f}")
     return 0
