@@ -72,7 +72,6 @@ def run_once(jobs: int, args: argparse.Namespace, folder: Path, params: list[dic
         *args.extra,
     ]  # fmt: skip
     run_study(run_settings_from_args(build_parser().parse_args(argv)), out=io.StringIO(), mode="prepare")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     prepared = optuna.load_study(study_name="parallel", storage=open_storage(storage, heartbeat=False))
     for p in params:
         prepared.enqueue_trial(p)

@@ -226,6 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs > 1:
         return _run_jobs(args)
+
     def prefetch() -> None:  # a waiting --jobs worker loads the data while its parent validates the run
         from study import data
 

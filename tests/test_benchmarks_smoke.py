@@ -16,15 +16,16 @@ FINAL_LINE = re.compile(
 )
 
 
+def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python benchmarks/SCRIPT ARGS`` from the repository root; 300 s is a hang guard (each run here takes ~40 s)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
 @pytest.mark.slow
 def test_train_speed_runs_and_reports() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--epochs", "2", "--max-rows", "20000"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,  # a hang guard; the run takes ~40 s on 2 cores
-    )
+    proc = run_benchmark("train_speed.py", "--epochs", "2", "--max-rows", "20000")
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     match = FINAL_LINE.match(lines[-1])
@@ -42,13 +43,7 @@ def test_train_speed_runs_and_reports() -> None:
 @pytest.mark.slow
 def test_parallel_benchmark_runs_and_reports() -> None:
     """benchmarks/parallel.py end to end on 2 one-epoch trials per run: both runs finish and the last line parses."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "parallel.py"), "--trials", "2", "--epochs", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,  # a hang guard; three processes import TensorFlow, ~40 s on 2 cores
-    )
+    proc = run_benchmark("parallel.py", "--trials", "2", "--epochs", "1")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     match = re.match(r"^parallel: jobs=2 speedup=(\d+\.\d\d)$", lines[-1])
