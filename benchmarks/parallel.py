@@ -17,12 +17,14 @@ load average: on a shared machine other work skews both numbers.
 
 Usage:
     python benchmarks/parallel.py [--trials 24] [--epochs 9] [--space quick] [--dataset embedded] [--jobs 2] [-v]
+        [--keep DIR]
         [-- extra flags]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import subprocess
 import sys
@@ -77,6 +79,7 @@ def run_once(jobs: int, args: argparse.Namespace, folder: Path, params: list[dic
         prepared.enqueue_trial(p)
     cmd = [sys.executable, "-m", "study", *argv]
     load = os.getloadavg()[0]
+    started = datetime.datetime.now()  # Optuna stores naive local times
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -92,10 +95,13 @@ def run_once(jobs: int, args: argparse.Namespace, folder: Path, params: list[dic
     if trained != sorted(repr(sorted(p.items())) for p in params):
         raise SystemExit(f"parallel: `run --jobs {jobs}` did not train exactly the enqueued trials")
     # Diagnostic only: the trials' own span (first start to last end), i.e. without the start-up of the processes.
-    span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+    first, last = min(t.datetime_start for t in trials), max(t.datetime_complete for t in trials)
+    span = (last - first).total_seconds()
+    before, after = (first - started).total_seconds(), wall - (last - started).total_seconds()
     print(
         f"jobs={jobs}: {finished} trials ({failed} failed) in {wall:.1f} s wall = {finished / wall * 3600:.0f} "
-        f"trials/hour; the trials alone took {span:.1f} s ({finished / span * 3600:.0f} trials/hour); "
+        f"trials/hour; the trials alone took {span:.1f} s ({finished / span * 3600:.0f} trials/hour; {before:.1f} s "
+        f"before the first, {after:.1f} s after the last); "
         f"load average before: {load:.2f} on {os.cpu_count()} cores",
         flush=True,
     )
@@ -111,19 +117,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="the parallel run's --jobs (compared with --jobs 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-v", "--verbose", action="store_true", help="print the CLI's output too")
+    parser.add_argument("--keep", type=Path, help="keep the two SQLite files in this folder (jobs1.db, jobs2.db)")
     parser.add_argument("extra", nargs="*", help="more flags for `study run` (after --)")
     args = parser.parse_args(argv)
     if args.jobs < 2:
         parser.error("--jobs: must be >= 2")
 
     with tempfile.TemporaryDirectory() as tmp:
+        folder = args.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        for jobs in (1, args.jobs):
+            (folder / f"jobs{jobs}.db").unlink(missing_ok=True)
         rates = {}
         from study.cli import import_tensorflow_quietly
 
         import_tensorflow_quietly()  # this process creates the studies (untimed), which imports TensorFlow
         params = fixed_params(args)
         for jobs in (1, args.jobs):
-            wall, finished = run_once(jobs, args, Path(tmp), params)
+            wall, finished = run_once(jobs, args, folder, params)
             rates[jobs] = finished / wall * 3600
     print(f"parallel: jobs={args.jobs} speedup={rates[args.jobs] / rates[1]:.2f}")
     return 0

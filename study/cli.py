@@ -245,13 +245,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_jobs(args: argparse.Namespace) -> int:
-    """``run --jobs N``: the workers start first, so they import TensorFlow while this process validates the run."""
+    """``run --jobs N``: the workers start first, so they import TensorFlow while this process validates the run.
+
+    This process imports TensorFlow only after the workers are done, to score the best trial on the test split:
+    on a small machine a third import beside the workers' would delay their first trials by seconds.
+    """
     from study.workers import Workers
 
     workers = Workers(args.argv, args.jobs)
     try:
-        if not args.debug:
-            import_tensorflow_quietly()
         settings = run_settings_from_args(args)
         from study.runner import run_study
 
@@ -266,6 +268,8 @@ def _run_jobs(args: argparse.Namespace) -> int:
     if code == EXIT_INTERRUPTED:
         print(f"interrupted: finished trials are saved in {mask_url(settings.storage)}; run the same command again to resume")
         return EXIT_INTERRUPTED
+    if settings.test_best and not args.debug:
+        import_tensorflow_quietly()
     summary = run_study(settings, mode="finish")
     if code != 0 and summary.finished < settings.trials:  # else the other workers finished the study: success
         raise StudyError(f"a worker exited with code {code}; finished trials are saved, run the same command to resume")

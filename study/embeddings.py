@@ -30,12 +30,12 @@ import numpy as np
 import tensorflow as tf
 
 from study.config import ModelConfig
+from study.names import QR_COMBINERS
 
 BYTES_PER_PARAM = 4  # float32
 
 EmbeddingFactory = Callable[..., tf.keras.layers.Layer]
 
-QR_COMBINERS: tuple[str, ...] = ("multiply", "add", "concat")
 HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative-hash constant, floor(2**32 / golden ratio), odd
 HASH_MODULUS = 2**32
 

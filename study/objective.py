@@ -14,6 +14,7 @@ import optuna
 from study.config import RunSettings, TrialConfig
 from study.data import EncodedData
 from study.errors import NonFiniteLossError, StudyError
+from study.names import metric_k
 from study.search_space import SearchSpace, suggest
 
 # Objectives a (multi-objective) study can optimise besides the validation metrics, and their directions.
@@ -29,8 +30,6 @@ COST_OBJECTIVES: dict[str, str] = {
 
 def objective_direction(name: str) -> str:
     """``maximize`` for a validation metric (``top100``, ``ndcg10``, …), ``minimize`` for a cost."""
-    from study.train import metric_k
-
     if name in COST_OBJECTIVES:
         return COST_OBJECTIVES[name]
     metric_k(name)  # raises ValueError for an unknown name

@@ -473,7 +473,6 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all") -> R
     limit_threads()
     from study.objective import Objective, objective_direction
     from study.search_space import load_space
-    from study.train import versions
 
     out = out or sys.stdout
     space = load_space(settings.space)
@@ -569,11 +568,13 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all") -> R
     if mode == "prepare":
         return RunSummary(study_name, mask_url(settings.storage), settings.trials, finished_before, finished_before,
                           counts[TrialState.COMPLETE], counts[TrialState.PRUNED], counts[TrialState.FAIL], 0.0)
-    objective = Objective(space=space, data=data, settings=settings, versions=dict(versions()))
     progress = Progress(settings.trials, finished_before, settings.metric, settings.quiet, out)
-    from study.dashboard import with_dashboard  # per-trial artifacts + study note for optuna-dashboard
+    if mode == "all":  # TensorFlow is imported here at the latest: the --jobs parent (prepare, finish) never trains
+        from study.dashboard import with_dashboard  # per-trial artifacts + study note for optuna-dashboard
+        from study.train import versions
 
-    objective, callbacks = with_dashboard(objective, [progress.trial_done], settings.storage)
+        objective = Objective(space=space, data=data, settings=settings, versions=dict(versions()))
+        objective, callbacks = with_dashboard(objective, [progress.trial_done], settings.storage)
     progress.show_bar = worker_number() is None
     start = time.perf_counter()
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout

@@ -26,9 +26,7 @@ Every problem raises :class:`~study.errors.SearchSpaceError` with one line
 from __future__ import annotations
 
 import difflib
-import functools
 import hashlib
-import importlib
 import json
 import math
 import re
@@ -48,6 +46,7 @@ from optuna.distributions import (
 )
 
 import study
+from study import names
 from study.config import ModelConfig, TrainConfig, TrialConfig, field_names
 from study.errors import ConfigError, SearchSpaceError
 
@@ -84,16 +83,8 @@ _SPEC_KEYS: dict[str | None, tuple[str, ...]] = {
     "categorical": ("type", "choices", "when"),
     None: ("value", "when"),
 }
-# field → (module, attribute) of the registry its names must come from; imported lazily (TensorFlow).
-_REGISTRIES: dict[str, tuple[str, str]] = {
-    "activation": ("study.towers", "ACTIVATIONS"),
-    "body": ("study.towers", "BODIES"),
-    "embedding": ("study.embeddings", "EMBEDDINGS"),
-    "optimizer": ("study.train", "OPTIMIZERS"),
-    "metric": ("study.train", "METRIC_NAMES"),
-    "qr_combiner": ("study.embeddings", "QR_COMBINERS"),
-    "cross_structure": ("study.towers", "CROSS_STRUCTURES"),
-}
+# field → the registry names it may take (study.names: checked without importing TensorFlow)
+_REGISTRIES: dict[str, tuple[str, ...]] = names.FIELDS
 _RUN_ENUMS: dict[str, tuple[str, ...]] = {"protocol": PROTOCOLS, "sampler": SAMPLERS, "pruner": PRUNERS}
 _CONFIG_SOURCE = "<search space>"
 _CONFIG_PREFIX = re.compile(rf"^(?:{re.escape(_CONFIG_SOURCE)}: )?(?:model|train)\.\w+: ")
@@ -361,7 +352,7 @@ class _Parser:
         if key in _RUN_ENUMS:
             self._check_name(key_path, key, raw, _RUN_ENUMS[key])
         elif key in _REGISTRIES:
-            self._check_name(key_path, key, raw, _registry(key))
+            self._check_name(key_path, key, raw, _REGISTRIES[key])
         return raw
 
     def _entry(self, section: str, key: str, raw: Any) -> ParamSpec:
@@ -512,7 +503,7 @@ class _Parser:
             )
         value = self._coerce(section, key, raw, key_path)
         if key in _REGISTRIES:
-            self._check_name(key_path, key, value, _registry(key))
+            self._check_name(key_path, key, value, _REGISTRIES[key])
         return value
 
     def _coerce(self, section: str, key: str, raw: Any, key_path: str) -> Any:
@@ -783,12 +774,6 @@ def _when_state(when: Mapping[str, tuple[Any, ...]], known: Mapping[str, Any], s
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-@functools.cache
-def _registry(key: str) -> tuple[str, ...]:
-    module, attribute = _REGISTRIES[key]
-    return tuple(getattr(importlib.import_module(module), attribute))
 
 
 def _field_kind(section: str, key: str) -> str:

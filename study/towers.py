@@ -25,7 +25,6 @@ ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
 }
 
 
-CROSS_STRUCTURES: tuple[str, ...] = ("stacked", "parallel")
 
 
 def get_activation(name: str) -> Callable[[tf.Tensor], tf.Tensor]:

@@ -22,6 +22,7 @@ from study.config import ALL_KS, TrainConfig, TrialConfig
 from study.data import EncodedData, Interactions
 from study.errors import NonFiniteLossError
 from study.model import TwoTowerModel
+from study.names import METRIC_KINDS, METRIC_NAMES, metric_k  # noqa: F401  (also re-exported here)
 
 OPTIMIZERS: dict[str, Callable[[TrainConfig], tf.keras.optimizers.Optimizer]] = {
     "adagrad": lambda c: tf.keras.optimizers.Adagrad(learning_rate=c.learning_rate),
@@ -33,8 +34,6 @@ OPTIMIZERS: dict[str, Callable[[TrainConfig], tf.keras.optimizers.Optimizer]] = 
 
 tf.get_logger().setLevel("ERROR")  # per-trial models trace their own functions; retracing warnings are noise here
 
-METRIC_KINDS: tuple[str, ...] = ("top", "recall", "ndcg")
-METRIC_NAMES: tuple[str, ...] = tuple(f"{kind}{k}" for kind in METRIC_KINDS for k in ALL_KS)
 
 
 def build_optimizer(cfg: TrainConfig) -> tf.keras.optimizers.Optimizer:
@@ -44,14 +43,6 @@ def build_optimizer(cfg: TrainConfig) -> tf.keras.optimizers.Optimizer:
     except KeyError:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid optimizers are {sorted(OPTIMIZERS)}") from None
     return factory(cfg)
-
-
-def metric_k(metric: str) -> int:
-    """The cut-off of a metric name such as ``top100`` / ``recall10``; unknown names raise ``ValueError``."""
-    for kind in METRIC_KINDS:
-        if metric.startswith(kind) and metric[len(kind) :].isdigit():
-            return int(metric[len(kind) :])
-    raise ValueError(f"unknown metric {metric!r}; valid metrics look like {list(METRIC_NAMES)}")
 
 
 # --------------------------------------------------------------------------------------------- evaluation
@@ -441,7 +432,8 @@ def validate_config(cfg: TrialConfig) -> None:
     """
     from study.embeddings import EMBEDDINGS, QR_COMBINERS
     from study.errors import ConfigError
-    from study.towers import ACTIVATIONS, BODIES, CROSS_STRUCTURES
+    from study.names import CROSS_STRUCTURES
+    from study.towers import ACTIVATIONS, BODIES
 
     checks = [
         ("model.activation", cfg.model.activation, ACTIVATIONS),
