@@ -1,7 +1,7 @@
 """Trials per hour of ``python -m study run --jobs 1`` vs ``--jobs N`` on the same space, each in a fresh SQLite file.
 
-Each run is the whole command as a user runs it (start-up, TensorFlow imports of the parent and of every worker,
-data loading, the trials), with ``--pruner none`` so every trial does the same work and ``--no-test`` so only the
+Each run is the whole command as a user runs it (start-up, the TensorFlow import of every worker, data loading,
+the trials), with ``--pruner none`` so every trial does the same work and ``--no-test`` so only the
 search is timed. Both runs train the same ``--trials`` parameter sets (drawn at random from the space with
 ``--seed`` and enqueued in each fresh study before it is timed), so they do the same work: with each run's sampler
 drawing its own, the ratio swung by ±0.07 with the configurations drawn. Trials are the ``quick`` space's small
@@ -12,8 +12,10 @@ one process (``--epochs 3`` measures that mix). Prints one line per run, then ex
     parallel: jobs=N speedup=S
 
 where ``S = trials/hour with --jobs N / trials/hour with --jobs 1``. Target on a 2-core CPU: S >= 1.3 for N = 2.
-Each run also prints the span of the trials alone (from the storage's timestamps, without the start-up) and the
-load average: on a shared machine other work skews both numbers.
+Each run also prints, from the storage's timestamps and the trials' recorded timings: the span of the trials alone
+and the seconds before the first and after the last; the mean trial time and its first epoch (tracing + XLA
+compilation); for N > 1, how long a worker with no trial left waited for the last one; and the load average (on a
+shared machine other work skews every figure). ``--keep DIR`` keeps both SQLite files for a closer look.
 
 Usage:
     python benchmarks/parallel.py [--trials 24] [--epochs 9] [--space quick] [--dataset embedded] [--jobs 2] [-v]
@@ -98,11 +100,23 @@ def run_once(jobs: int, args: argparse.Namespace, folder: Path, params: list[dic
     first, last = min(t.datetime_start for t in trials), max(t.datetime_complete for t in trials)
     span = (last - first).total_seconds()
     before, after = (first - started).total_seconds(), wall - (last - started).total_seconds()
+    # Where the trials' own time went: first epochs (tracing + XLA compilation, which one process already spreads
+    # over both cores) against the rest (the other epochs, the validation passes).
+    trial_s = sum(t.user_attrs.get("seconds", 0.0) for t in trials)
+    ends: dict[str, datetime.datetime] = {}
+    for t in trials:
+        if t.datetime_complete is not None:
+            worker = t.user_attrs.get("worker", "")
+            ends[worker] = max(ends.get(worker, t.datetime_complete), t.datetime_complete)
+    idle = (last - min(ends.values())).total_seconds() if len(ends) > 1 else 0.0
+    compile_s = sum(t.user_attrs.get("compile_seconds", 0.0) for t in trials)
     print(
         f"jobs={jobs}: {finished} trials ({failed} failed) in {wall:.1f} s wall = {finished / wall * 3600:.0f} "
         f"trials/hour; the trials alone took {span:.1f} s ({finished / span * 3600:.0f} trials/hour; {before:.1f} s "
         f"before the first, {after:.1f} s after the last); "
-        f"load average before: {load:.2f} on {os.cpu_count()} cores",
+        f"load average before: {load:.2f} on {os.cpu_count()} cores; per trial {trial_s / finished:.2f} s, of which "
+        f"first epoch {compile_s / finished:.2f} s"
+        + (f"; a worker with no trial left waited {idle:.1f} s for the last one" if jobs > 1 else ""),
         flush=True,
     )
     return wall, finished

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -252,6 +253,7 @@ def _run_jobs(args: argparse.Namespace) -> int:
     """
     from study.workers import Workers
 
+    started = time.perf_counter()
     workers = Workers(args.argv, args.jobs)
     try:
         settings = run_settings_from_args(args)
@@ -270,7 +272,7 @@ def _run_jobs(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     if settings.test_best and not args.debug:
         import_tensorflow_quietly()
-    summary = run_study(settings, mode="finish")
+    summary = run_study(settings, mode="finish", started=started)
     if code != 0 and summary.finished < settings.trials:  # else the other workers finished the study: success
         raise StudyError(f"a worker exited with code {code}; finished trials are saved, run the same command to resume")
     return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK

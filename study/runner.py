@@ -455,7 +455,7 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all") -> RunSummary:
+def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all", started: float | None = None) -> RunSummary:
     """Run (or resume) a study until it holds ``settings.trials`` finished trials.
 
     Validates everything (space, data, storage, identity) before the first trial: a bad input raises a
@@ -466,6 +466,8 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all") -> R
         out: where progress goes (default stdout).
         mode: ``all``; ``prepare`` (validate, create or check the study, enqueue baselines, then return: the parent
             of ``--jobs`` workers); ``finish`` (run no trial; summarise and score the best trial on test).
+        started: ``time.perf_counter()`` when the run began, for the wall time reported (default: now, after the
+            checks; the ``--jobs`` parent passes its own start to ``finish``).
     """
     from study import data as data_mod
     from study.workers import limit_threads, worker_number
@@ -576,7 +578,7 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all") -> R
         objective = Objective(space=space, data=data, settings=settings, versions=dict(versions()))
         objective, callbacks = with_dashboard(objective, [progress.trial_done], settings.storage)
     progress.show_bar = worker_number() is None
-    start = time.perf_counter()
+    start = time.perf_counter() if started is None else started
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     interrupted = False
     signalled: list[int] = []
