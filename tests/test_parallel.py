@@ -38,18 +38,21 @@ train:
 
 # Longer trials (10 epochs of 300 small batches, 2-3 s on an idle 2-core machine) so that a signal reliably lands in
 # the middle of one: it is sent while at least 4 epochs are left (see mid_trial).
-SLOW_SPACE = """\
+# Epochs of ~0.1 s after ~1 s of set-up (tracing): a trial is mid-training (epochs 1..SLOW_EPOCHS-4 reported) for most
+# of its time, so two workers are both there at once on every trial. With 10 epochs one worker's set-up tended to
+# overlap the other's epochs, and a test waiting to kill both mid-trial sometimes saw the run end first.
+SLOW_EPOCHS = 30
+SLOW_SPACE = f"""\
 model:
   layers: [16]
-  embedding_dim: {type: categorical, choices: [8, 16]}
+  embedding_dim: {{type: categorical, choices: [8, 16]}}
 train:
-  learning_rate: {type: float, low: 0.05, high: 0.5, log: true}
+  learning_rate: {{type: float, low: 0.05, high: 0.5, log: true}}
   batch_size: 16
-  epochs: 10
+  epochs: {SLOW_EPOCHS}
   eval_every: 1
   jit: false
 """
-SLOW_EPOCHS = 10
 
 # A quotient-remainder embedding with the ``concat`` combiner splits each vector into two halves, so it cannot be
 # built with embedding_dim 1: the space admits the value (1..8), and such a trial raises a genuine ValueError when its
