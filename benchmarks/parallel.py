@@ -103,13 +103,13 @@ def run_once(jobs: int, args: argparse.Namespace, folder: Path, params: list[dic
     # Where the trials' own time went: first epochs (tracing + XLA compilation, which one process already spreads
     # over both cores) against the rest (the other epochs, the validation passes).
     trial_s = sum(t.user_attrs.get("seconds", 0.0) for t in trials)
+    compile_s = sum(t.user_attrs.get("compile_seconds", 0.0) for t in trials)
+    # How long the first worker to run out of trials waited for the last one (the end of the run on one core).
     ends: dict[str, datetime.datetime] = {}
     for t in trials:
-        if t.datetime_complete is not None:
-            worker = t.user_attrs.get("worker", "")
-            ends[worker] = max(ends.get(worker, t.datetime_complete), t.datetime_complete)
+        worker = t.user_attrs.get("worker", "")
+        ends[worker] = max(ends.get(worker, t.datetime_complete), t.datetime_complete)
     idle = (last - min(ends.values())).total_seconds() if len(ends) > 1 else 0.0
-    compile_s = sum(t.user_attrs.get("compile_seconds", 0.0) for t in trials)
     print(
         f"jobs={jobs}: {finished} trials ({failed} failed) in {wall:.1f} s wall = {finished / wall * 3600:.0f} "
         f"trials/hour; the trials alone took {span:.1f} s ({finished / span * 3600:.0f} trials/hour; {before:.1f} s "
@@ -143,9 +143,6 @@ def main(argv: list[str] | None = None) -> int:
         for jobs in (1, args.jobs):
             (folder / f"jobs{jobs}.db").unlink(missing_ok=True)
         rates = {}
-        from study.cli import import_tensorflow_quietly
-
-        import_tensorflow_quietly()  # this process creates the studies (untimed), which imports TensorFlow
         params = fixed_params(args)
         for jobs in (1, args.jobs):
             wall, finished = run_once(jobs, args, folder, params)

@@ -83,8 +83,6 @@ _SPEC_KEYS: dict[str | None, tuple[str, ...]] = {
     "categorical": ("type", "choices", "when"),
     None: ("value", "when"),
 }
-# field → the registry names it may take (study.names: checked without importing TensorFlow)
-_REGISTRIES: dict[str, tuple[str, ...]] = names.FIELDS
 _RUN_ENUMS: dict[str, tuple[str, ...]] = {"protocol": PROTOCOLS, "sampler": SAMPLERS, "pruner": PRUNERS}
 _CONFIG_SOURCE = "<search space>"
 _CONFIG_PREFIX = re.compile(rf"^(?:{re.escape(_CONFIG_SOURCE)}: )?(?:model|train)\.\w+: ")
@@ -351,8 +349,8 @@ class _Parser:
             self.fail(key_path, f"must be a non-empty string, but got {_show(raw)}")
         if key in _RUN_ENUMS:
             self._check_name(key_path, key, raw, _RUN_ENUMS[key])
-        elif key in _REGISTRIES:
-            self._check_name(key_path, key, raw, _REGISTRIES[key])
+        elif key in names.FIELDS:  # registry names, checked without importing TensorFlow
+            self._check_name(key_path, key, raw, names.FIELDS[key])
         return raw
 
     def _entry(self, section: str, key: str, raw: Any) -> ParamSpec:
@@ -502,8 +500,8 @@ class _Parser:
                 f"but got a list {_show(raw)}",
             )
         value = self._coerce(section, key, raw, key_path)
-        if key in _REGISTRIES:
-            self._check_name(key_path, key, value, _REGISTRIES[key])
+        if key in names.FIELDS:
+            self._check_name(key_path, key, value, names.FIELDS[key])
         return value
 
     def _coerce(self, section: str, key: str, raw: Any, key_path: str) -> Any:
