@@ -12,14 +12,19 @@ one process (``--epochs 3`` measures that mix). Prints one line per run, then ex
     parallel: jobs=N speedup=S
 
 where ``S = trials/hour with --jobs N / trials/hour with --jobs 1``. Target on a 2-core CPU: S >= 1.3 for N = 2.
+TensorFlow is imported once, untimed, before the runs, so neither pays a cold disk cache. The figure moves by a few
+hundredths between invocations on a VM; ``--repeat R`` runs R pairs, alternating which run goes first, prints each
+pair's ratio and makes S their median.
 Each run also prints, from the storage's timestamps and the trials' recorded timings: the span of the trials alone
 and the seconds before the first and after the last; the mean trial time and its first epoch (tracing + XLA
-compilation); for N > 1, how long a worker with no trial left waited for the last one; and the load average (on a
-shared machine other work skews every figure). ``--keep DIR`` keeps both SQLite files for a closer look.
+compilation); for N > 1, how long a worker with no trial left waited for the last one and the trials/hour while
+every worker had a trial; and the load average (on a shared machine other work skews every figure). A diagnostic line
+before the last gives the ratio of those busy rates (``--jobs 1``: its trials alone): what a study much longer than
+this one approaches, since start-up and the last trial running alone are costs per run; S counts them. ``--keep DIR`` keeps the SQLite files for a closer look.
 
 Usage:
     python benchmarks/parallel.py [--trials 24] [--epochs 9] [--space quick] [--dataset embedded] [--jobs 2] [-v]
-        [--keep DIR]
+        [--repeat 1] [--keep DIR]
         [-- extra flags]
 """
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,8 +61,11 @@ def fixed_params(args: argparse.Namespace) -> list[dict]:
     return params
 
 
-def run_once(jobs: int, args: argparse.Namespace, folder: Path, params: list[dict]) -> tuple[float, int]:
-    """Run the study with ``--jobs jobs`` in a fresh SQLite file; returns (wall seconds, finished trials).
+def run_once(jobs: int, args: argparse.Namespace, db: Path, params: list[dict]) -> tuple[float, int, float]:
+    """Run the study with ``--jobs jobs`` in a fresh SQLite file ``db``.
+
+    Returns:
+        (wall seconds, finished trials, trials/hour while every worker had a trial).
 
     The study is created first (untimed) with ``params`` enqueued, so the run trains those trials in some order.
     """
@@ -67,7 +76,6 @@ def run_once(jobs: int, args: argparse.Namespace, folder: Path, params: list[dic
     from study.cli import build_parser, run_settings_from_args
     from study.runner import open_storage, run_study
 
-    db = folder / f"jobs{jobs}.db"
     storage = f"sqlite:///{db}"
     argv = [
         "run", "--jobs", str(jobs), "--trials", str(args.trials),
@@ -110,16 +118,33 @@ def run_once(jobs: int, args: argparse.Namespace, folder: Path, params: list[dic
         worker = t.user_attrs.get("worker", "")
         ends[worker] = max(ends.get(worker, t.datetime_complete), t.datetime_complete)
     idle = (last - min(ends.values())).total_seconds() if len(ends) > 1 else 0.0
+    # Trials/hour from the first trial's start until the first worker ran out of trials: what a long study approaches
+    # (start-up and the last trial running alone are costs per run, not per hour).
+    busy_end = min(ends.values())
+    busy_rate = sum(t.datetime_complete <= busy_end for t in trials) / (busy_end - first).total_seconds() * 3600
     print(
         f"jobs={jobs}: {finished} trials ({failed} failed) in {wall:.1f} s wall = {finished / wall * 3600:.0f} "
         f"trials/hour; the trials alone took {span:.1f} s ({finished / span * 3600:.0f} trials/hour; {before:.1f} s "
         f"before the first, {after:.1f} s after the last); "
         f"load average before: {load:.2f} on {os.cpu_count()} cores; per trial {trial_s / finished:.2f} s, of which "
         f"first epoch {compile_s / finished:.2f} s"
-        + (f"; a worker with no trial left waited {idle:.1f} s for the last one" if jobs > 1 else ""),
+        + (
+            f"; a worker with no trial left waited {idle:.1f} s for the last one; {busy_rate:.0f} trials/hour while "
+            "every worker had a trial"
+            if jobs > 1
+            else ""
+        ),
         flush=True,
     )
-    return wall, finished
+    return wall, finished, busy_rate
+
+
+def warm_up() -> float:
+    """Import TensorFlow and the trainer once in a throwaway process (untimed), so neither timed run is the one that
+    reads TensorFlow's libraries from a cold disk cache (on a fresh machine that added ~2 s to whichever ran first)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import study.train"], cwd=ROOT, capture_output=True, check=True)
+    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,24 +155,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="embedded")
     parser.add_argument("--jobs", type=int, default=2, help="the parallel run's --jobs (compared with --jobs 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="pairs of runs, alternating which goes first; S is their median"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print the CLI's output too")
-    parser.add_argument("--keep", type=Path, help="keep the two SQLite files in this folder (jobs1.db, jobs2.db)")
+    parser.add_argument("--keep", type=Path, help="keep the SQLite files in this folder (jobs1.db, jobs2.db, ...)")
     parser.add_argument("extra", nargs="*", help="more flags for `study run` (after --)")
     args = parser.parse_args(argv)
     if args.jobs < 2:
         parser.error("--jobs: must be >= 2")
+    if args.repeat < 1:
+        parser.error("--repeat: must be >= 1")
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        for jobs in (1, args.jobs):
-            (folder / f"jobs{jobs}.db").unlink(missing_ok=True)
-        rates = {}
+        print(f"warm-up: imported TensorFlow once, untimed, in {warm_up():.1f} s", flush=True)
         params = fixed_params(args)
-        for jobs in (1, args.jobs):
-            wall, finished = run_once(jobs, args, folder, params)
-            rates[jobs] = finished / wall * 3600
-    print(f"parallel: jobs={args.jobs} speedup={rates[args.jobs] / rates[1]:.2f}")
+        speedups, busy = [], []
+        for pair in range(args.repeat):
+            order = (1, args.jobs) if pair % 2 == 0 else (args.jobs, 1)
+            rates, busy_rates = {}, {}
+            for jobs in order:
+                name = f"jobs{jobs}" if args.repeat == 1 else f"jobs{jobs}-{pair + 1}"
+                (folder / f"{name}.db").unlink(missing_ok=True)
+                wall, finished, busy_rates[jobs] = run_once(jobs, args, folder / f"{name}.db", params)
+                rates[jobs] = finished / wall * 3600
+            speedups.append(rates[args.jobs] / rates[1])
+            busy.append(busy_rates[args.jobs] / busy_rates[1])
+            if args.repeat > 1:
+                print(f"pair {pair + 1} (--jobs {order[0]} first): speedup={speedups[-1]:.2f}", flush=True)
+    print(
+        f"diagnostic, not the target: trials/hour while every worker had a trial (what a long study approaches; "
+        f"--jobs 1's trials alone), jobs={args.jobs} over jobs=1: {statistics.median(busy):.2f}"
+    )
+    if args.repeat > 1:
+        print(f"median of {args.repeat} pairs; all: {', '.join(f'{s:.2f}' for s in speedups)}")
+    print(f"parallel: jobs={args.jobs} speedup={statistics.median(speedups):.2f}")
     return 0
 
 
