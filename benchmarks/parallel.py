@@ -12,15 +12,16 @@ one process (``--epochs 3`` measures that mix). Prints one line per run, then ex
     parallel: jobs=N speedup=S
 
 where ``S = trials/hour with --jobs N / trials/hour with --jobs 1``. Target on a 2-core CPU: S >= 1.3 for N = 2.
-TensorFlow is imported once, untimed, before the runs, so neither pays a cold disk cache. The figure moves by a few
-hundredths between invocations on a VM; ``--repeat R`` runs R pairs, alternating which run goes first, prints each
-pair's ratio and makes S their median.
+TensorFlow is imported once, untimed, before the runs, so neither pays a cold disk cache. On a shared VM the same
+run's time moves by up to 10 % from one minute to the next (single pairs gave 1.20-1.44 here); ``--repeat R`` runs
+R pairs, alternating which run goes first, prints each pair's ratio and makes S their median.
 Each run also prints, from the storage's timestamps and the trials' recorded timings: the span of the trials alone
 and the seconds before the first and after the last; the mean trial time and its first epoch (tracing + XLA
 compilation); for N > 1, how long a worker with no trial left waited for the last one and the trials/hour while
-every worker had a trial; and the load average (on a shared machine other work skews every figure). A diagnostic line
-before the last gives the ratio of those busy rates (``--jobs 1``: its trials alone): what a study much longer than
-this one approaches, since start-up and the last trial running alone are costs per run; S counts them. ``--keep DIR`` keeps the SQLite files for a closer look.
+every worker had a trial; and the load average (on a shared machine other work skews every figure). A diagnostic
+line before the last gives the ratio of those busy rates (``--jobs 1``: its trials alone): what a study much longer
+than this one approaches, since start-up and the last trial running alone are costs per run; S counts them.
+``--keep DIR`` keeps the SQLite files for a closer look.
 
 Usage:
     python benchmarks/parallel.py [--trials 24] [--epochs 9] [--space quick] [--dataset embedded] [--jobs 2] [-v]
@@ -143,7 +144,9 @@ def warm_up() -> float:
     """Import TensorFlow and the trainer once in a throwaway process (untimed), so neither timed run is the one that
     reads TensorFlow's libraries from a cold disk cache (on a fresh machine that added ~2 s to whichever ran first)."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import study.train"], cwd=ROOT, capture_output=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", "import study.train"], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"parallel: importing study.train failed: {proc.stderr.strip().splitlines()[-1:]}")
     return time.perf_counter() - start
 
 
