@@ -25,8 +25,6 @@ ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
 }
 
 
-
-
 def get_activation(name: str) -> Callable[[tf.Tensor], tf.Tensor]:
     """Look up an activation; an unknown name raises ``ValueError`` listing the valid ones."""
     try:

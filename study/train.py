@@ -35,7 +35,6 @@ OPTIMIZERS: dict[str, Callable[[TrainConfig], tf.keras.optimizers.Optimizer]] = 
 tf.get_logger().setLevel("ERROR")  # per-trial models trace their own functions; retracing warnings are noise here
 
 
-
 def build_optimizer(cfg: TrainConfig) -> tf.keras.optimizers.Optimizer:
     """Build the optimizer named by ``cfg.optimizer``; an unknown name raises ``ValueError`` listing the valid ones."""
     try:
@@ -430,22 +429,16 @@ def validate_config(cfg: TrialConfig) -> None:
     Raises:
         ConfigError: naming the field, the value and the valid names.
     """
-    from study.embeddings import EMBEDDINGS, QR_COMBINERS
     from study.errors import ConfigError
-    from study.names import CROSS_STRUCTURES
-    from study.towers import ACTIVATIONS, BODIES
+    from study.names import FIELDS
 
-    checks = [
-        ("model.activation", cfg.model.activation, ACTIVATIONS),
-        ("model.body", cfg.model.body, BODIES),
-        ("model.embedding", cfg.model.embedding, EMBEDDINGS),
-        ("train.optimizer", cfg.train.optimizer, OPTIMIZERS),
-        ("model.qr_combiner", cfg.model.qr_combiner, QR_COMBINERS),
-        ("model.cross_structure", cfg.model.cross_structure, CROSS_STRUCTURES),
-    ]
-    for where, value, registry in checks:
-        if value not in registry:
-            raise ConfigError(f"{where}: unknown name {value!r}; valid names are {sorted(registry)}")
+    for section, fields in (("model", cfg.model), ("train", cfg.train)):
+        for key, valid in FIELDS.items():
+            if key == "metric" or not hasattr(fields, key):  # metric: any k, checked below
+                continue
+            value = getattr(fields, key)
+            if value not in valid:
+                raise ConfigError(f"{section}.{key}: unknown name {value!r}; valid names are {sorted(valid)}")
     try:
         metric_k(cfg.train.metric)
     except ValueError as exc:

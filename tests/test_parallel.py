@@ -36,8 +36,8 @@ train:
   jit: false
 """
 
-# Longer trials (10 epochs of 300 small batches, 2-3 s on an idle 2-core machine) so that a signal reliably lands in
-# the middle of one: it is sent while at least 4 epochs are left (see mid_trial).
+# Longer trials (SLOW_EPOCHS epochs of small batches) so that a signal reliably lands in the middle of one: it is sent
+# while at least 4 epochs are left (see mid_trial).
 # Epochs of ~0.1 s after ~1 s of set-up (tracing): a trial is mid-training (epochs 1..SLOW_EPOCHS-4 reported) for most
 # of its time, so two workers are both there at once on every trial. With 10 epochs one worker's set-up tended to
 # overlap the other's epochs, and a test waiting to kill both mid-trial sometimes saw the run end first.
