@@ -470,6 +470,7 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all", star
             checks; the ``--jobs`` parent passes its own start to ``finish``).
     """
     from study import data as data_mod
+    from study.locks import StartLock
     from study.workers import limit_threads, worker_number
 
     limit_threads()
@@ -593,8 +594,17 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all", star
         {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if _main_thread() else {}
     )
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # Held from counting the trials until the new one is RUNNING in the storage, so workers never start more than
+    # --trials between them (see study.locks); released as the objective begins.
+    start_lock = StartLock(settings.storage, study_name, getattr(storage, "engine", None))
+
+    def run_objective(trial: optuna.Trial) -> Any:
+        start_lock.release()
+        return objective(trial)
+
     try:
         while mode == "all":
+            start_lock.acquire()
             counts = count_states(optuna_study)
             finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
             running = counts[TrialState.RUNNING]
@@ -605,23 +615,27 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all", star
                 break
             if finished + running >= settings.trials:
                 # Other workers hold the last trials; wait for them (or for their heartbeat to fail).
+                start_lock.release()
                 time.sleep(0.5)
                 reap_dead_local_workers(optuna_study)
                 _fail_stale(optuna_study)
                 continue
             try:
                 optuna_study.optimize(
-                    objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False
+                    run_objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False
                 )
             except Exception:
                 if not signalled:
                     raise
+            finally:
+                start_lock.release()  # when the trial never reached the objective (ask failed)
             if signalled:
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
         interrupted = True
         _fail_own_running(optuna_study)
     finally:
+        start_lock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         progress.close()

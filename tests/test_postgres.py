@@ -74,6 +74,28 @@ def test_a_wrong_password_is_reported_without_the_password(pg: Any) -> None:
     assert "password authentication failed" in message, message
 
 
+def test_the_start_lock_is_a_postgresql_advisory_lock_per_study(pg: Any) -> None:
+    from test_locks import _blocks
+
+    from study.locks import StartLock
+    from study.runner import open_storage
+
+    engines = [open_storage(_optuna_url(), heartbeat=False).engine for _ in range(3)]  # as three processes would
+    name = f"lock-{uuid.uuid4().hex[:8]}"
+    a, b = StartLock(_optuna_url(), name, engines[0]), StartLock(_optuna_url(), name, engines[1])
+    other = StartLock(_optuna_url(), name + "-other", engines[2])
+    assert a.kind == "postgresql"
+    try:
+        assert _blocks(a, b)
+        assert _blocks(b, a)
+        assert not _blocks(a, other)  # another study's workers are not held up
+    finally:
+        for lock in (a, b, other):
+            lock.close()
+        for engine in engines:
+            engine.dispose()
+
+
 @pytest.mark.slow
 def test_two_workers_killed_then_resumed_account_for_every_trial(pg: Any, tmp_path: Path) -> None:
     import optuna
