@@ -36,16 +36,40 @@ def worker_number() -> str | None:
 
 
 def limit_threads() -> None:
-    """Apply the per-worker TensorFlow thread limit, if this process is a worker. Call before any TF op runs."""
+    """Configure TensorFlow's CPU thread pools in a ``--jobs`` worker. Call before any TF op runs.
+
+    In a worker (``TOWER_STUDY_THREADS`` set by :class:`Workers`): that many intra-op and inter-op threads, and idle
+    pool threads sleep instead of spinning (``ConfigProto.experimental.disable_thread_spinning``): a worker's
+    spinning thread burns time on the core the other worker trains on. Measured in one session, alternating
+    (``--jobs 2``, 24 trials): 140.4 / 151.2 s without spinning against 147.1 / 158.2 s with it. A single process
+    keeps TensorFlow's defaults: there spinning pays (``--jobs 1``: 165.6 / 189.7 s with it, 219.5 / 203.9 s
+    without).
+
+    A process that already ran TensorFlow ops (in-process tests) keeps its pools as they are.
+    """
     threads = os.environ.get(ENV_THREADS)
     if not threads:
         return
     import tensorflow as tf
+    from tensorflow.core.protobuf import config_pb2
+    from tensorflow.python.eager import context
 
+    ctx = context.context()
+    if getattr(ctx, "_context_handle", None) is not None:  # TensorFlow already initialised its thread pools
+        return
+    # No public setter exists for this option; tf.config.threading keeps its own fields beside ``_config``, and
+    # Context.config merges them over it when the runtime starts. (If a TensorFlow release drops ``_config``, the
+    # worker only keeps spinning.)
+    if hasattr(ctx, "_config"):
+        config = config_pb2.ConfigProto()
+        if ctx._config is not None:
+            config.CopyFrom(ctx._config)
+        config.experimental.disable_thread_spinning = True
+        ctx._config = config
     try:
         tf.config.threading.set_intra_op_parallelism_threads(int(threads))
         tf.config.threading.set_inter_op_parallelism_threads(max(1, int(threads)))
-    except RuntimeError:  # TensorFlow already initialised its thread pools (e.g. in-process tests)
+    except RuntimeError:  # TensorFlow already initialised its thread pools
         pass
 
 

@@ -210,6 +210,36 @@ def test_trial_timeout_flag_is_parsed_and_validated(work: Path) -> None:
             run_settings_from_args(build_parser().parse_args([*base, "--trial-timeout", bad]))
 
 
+_THREADS = """
+import study
+from study.workers import limit_threads
+limit_threads()
+import tensorflow as tf
+tf.constant(1.0) + 1.0  # starts the runtime with the configuration
+from tensorflow.python.eager import context
+config = context.context().config
+print(config.experimental.disable_thread_spinning, config.intra_op_parallelism_threads,
+      config.inter_op_parallelism_threads)
+"""
+
+
+@pytest.mark.parametrize("threads", ["", "1"])
+def test_workers_get_their_threads_and_do_not_spin(threads: str) -> None:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TOWER_STUDY_THREADS"}
+    if threads:
+        env["TOWER_STUDY_THREADS"] = threads  # what Workers sets for each --jobs worker
+    proc = subprocess.run([sys.executable, "-c", _THREADS], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    spinning_off, intra, inter = proc.stdout.split()
+    if threads:
+        assert (spinning_off, intra, inter) == ("True", threads, threads)
+    else:  # a single process keeps TensorFlow's defaults: spinning, 0 threads (all cores)
+        assert (spinning_off, intra, inter) == ("False", "0", "0")
+
+
 # One process claiming enqueued trials (WAITING -> RUNNING) as Optuna does; prints the trial ids it won.
 _CLAIM = """
 import sys, time
