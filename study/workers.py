@@ -40,10 +40,8 @@ def limit_threads() -> None:
 
     In a worker (``TOWER_STUDY_THREADS`` set by :class:`Workers`): that many intra-op and inter-op threads, and idle
     pool threads sleep instead of spinning (``ConfigProto.experimental.disable_thread_spinning``): a worker's
-    spinning thread burns time on the core the other worker trains on. Measured in one session, alternating
-    (``--jobs 2``, 24 trials): 140.4 / 151.2 s without spinning against 147.1 / 158.2 s with it. A single process
-    keeps TensorFlow's defaults: there spinning pays (``--jobs 1``: 165.6 / 189.7 s with it, 219.5 / 203.9 s
-    without).
+    spinning thread burns time on the core the other worker trains on. A single process keeps TensorFlow's
+    defaults, where spinning measured faster (figures in the README's "Scaling out").
 
     A process that already ran TensorFlow ops (in-process tests) keeps its pools as they are.
     """
@@ -55,12 +53,10 @@ def limit_threads() -> None:
     from tensorflow.python.eager import context
 
     ctx = context.context()
-    if getattr(ctx, "_context_handle", None) is not None:  # TensorFlow already initialised its thread pools
-        return
     # No public setter exists for this option; tf.config.threading keeps its own fields beside ``_config``, and
-    # Context.config merges them over it when the runtime starts. (If a TensorFlow release drops ``_config``, the
-    # worker only keeps spinning.)
-    if hasattr(ctx, "_config"):
+    # Context.config merges them over it when the runtime starts (once started, both stay as they are). If a
+    # TensorFlow release drops ``_config``, the worker only keeps spinning.
+    if hasattr(ctx, "_config") and getattr(ctx, "_context_handle", None) is None:
         config = config_pb2.ConfigProto()
         if ctx._config is not None:
             config.CopyFrom(ctx._config)
