@@ -18,9 +18,13 @@ R pairs, alternating which run goes first, prints each pair's ratio and makes S 
 Each run also prints, from the storage's timestamps and the trials' recorded timings: the span of the trials alone
 and the seconds before the first and after the last; the mean trial time and its first epoch (tracing + XLA
 compilation); for N > 1, how long a worker with no trial left waited for the last one and the trials/hour while
-every worker had a trial; and the load average (on a shared machine other work skews every figure). A diagnostic
-line before the last gives the ratio of those busy rates (``--jobs 1``: its trials alone): what a study much longer
-than this one approaches, since start-up and the last trial running alone are costs per run; S counts them.
+every worker had a trial; the CPU-seconds of the run (the command and its workers) and the cores they kept busy on
+average; and the load average (on a shared machine other work skews every figure). Two diagnostic lines before the
+last: the ratio of those busy rates (``--jobs 1``: its trials alone), what a study much longer than this one
+approaches, since start-up and the last trial running alone are costs per run (S counts them); and S taken apart,
+exactly, as (cores busy with ``--jobs N`` / with ``--jobs 1``) / (CPU-seconds per trial, ``--jobs N`` over
+``--jobs 1``), with the most S could be if ``--jobs N`` kept every core busy all the run: what one process leaves
+of the cores is all that more processes can win.
 ``--keep DIR`` keeps the SQLite files for a closer look.
 
 Usage:
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -62,11 +67,11 @@ def fixed_params(args: argparse.Namespace) -> list[dict]:
     return params
 
 
-def run_once(jobs: int, args: argparse.Namespace, db: Path, params: list[dict]) -> tuple[float, int, float]:
+def run_once(jobs: int, args: argparse.Namespace, db: Path, params: list[dict]) -> tuple[float, int, float, float]:
     """Run the study with ``--jobs jobs`` in a fresh SQLite file ``db``.
 
     Returns:
-        (wall seconds, finished trials, trials/hour while every worker had a trial).
+        (wall seconds, finished trials, trials/hour while every worker had a trial, CPU seconds of the run).
 
     The study is created first (untimed) with ``params`` enqueued, so the run trains those trials in some order.
     """
@@ -91,9 +96,13 @@ def run_once(jobs: int, args: argparse.Namespace, db: Path, params: list[dict]) 
     cmd = [sys.executable, "-m", "study", *argv]
     load = os.getloadavg()[0]
     started = datetime.datetime.now()  # Optuna stores naive local times
+    before_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True)
     wall = time.perf_counter() - start
+    # User + system time of the command and every worker it waited for (RUSAGE_CHILDREN counts reaped descendants).
+    after_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after_cpu.ru_utime - before_cpu.ru_utime) + (after_cpu.ru_stime - before_cpu.ru_stime)
     if args.verbose or proc.returncode != 0:
         print(proc.stdout + proc.stderr, end="", flush=True)
     if proc.returncode != 0:
@@ -128,7 +137,8 @@ def run_once(jobs: int, args: argparse.Namespace, db: Path, params: list[dict]) 
         f"trials/hour; the trials alone took {span:.1f} s ({finished / span * 3600:.0f} trials/hour; {before:.1f} s "
         f"before the first, {after:.1f} s after the last); "
         f"load average before: {load:.2f} on {os.cpu_count()} cores; per trial {trial_s / finished:.2f} s, of which "
-        f"first epoch {compile_s / finished:.2f} s"
+        f"first epoch {compile_s / finished:.2f} s; {cpu:.0f} CPU-seconds ({cpu / finished:.2f} per trial), "
+        f"{cpu / wall:.2f} cores busy on average"
         + (
             f"; a worker with no trial left waited {idle:.1f} s for the last one; {busy_rate:.0f} trials/hour while "
             "every worker had a trial"
@@ -137,7 +147,7 @@ def run_once(jobs: int, args: argparse.Namespace, db: Path, params: list[dict]) 
         ),
         flush=True,
     )
-    return wall, finished, busy_rate
+    return wall, finished, busy_rate, cpu
 
 
 def warm_up() -> float:
@@ -176,21 +186,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warm-up: imported TensorFlow once, untimed, in {warm_up():.1f} s", flush=True)
         params = fixed_params(args)
         speedups, busy = [], []
+        factors: list[tuple[float, float, float]] = []
         for pair in range(args.repeat):
             order = (1, args.jobs) if pair % 2 == 0 else (args.jobs, 1)
-            rates, busy_rates = {}, {}
+            rates, busy_rates, cores, cpu_per_trial = {}, {}, {}, {}
             for jobs in order:
                 name = f"jobs{jobs}" if args.repeat == 1 else f"jobs{jobs}-{pair + 1}"
                 (folder / f"{name}.db").unlink(missing_ok=True)
-                wall, finished, busy_rates[jobs] = run_once(jobs, args, folder / f"{name}.db", params)
+                wall, finished, busy_rates[jobs], cpu = run_once(jobs, args, folder / f"{name}.db", params)
                 rates[jobs] = finished / wall * 3600
+                cores[jobs], cpu_per_trial[jobs] = cpu / wall, cpu / finished
             speedups.append(rates[args.jobs] / rates[1])
             busy.append(busy_rates[args.jobs] / busy_rates[1])
+            # S = (cores busy with --jobs N / with --jobs 1) / (CPU-seconds per trial, --jobs N / --jobs 1), exactly:
+            # what --jobs 1 leaves of the cores is all that --jobs N can win, less what its trials cost more.
+            factors.append((cores[1], cores[args.jobs], cpu_per_trial[args.jobs] / cpu_per_trial[1]))
             if args.repeat > 1:
                 print(f"pair {pair + 1} (--jobs {order[0]} first): speedup={speedups[-1]:.2f}", flush=True)
     print(
         f"diagnostic, not the target: trials/hour while every worker had a trial (what a long study approaches; "
         f"--jobs 1's trials alone), jobs={args.jobs} over jobs=1: {statistics.median(busy):.2f}"
+    )
+    one, many, cost = (statistics.median(f[i] for f in factors) for i in range(3))
+    print(
+        f"diagnostic, where S comes from (medians): cores busy on average {one:.2f} with --jobs 1, {many:.2f} with "
+        f"--jobs {args.jobs}; CPU-seconds per trial {cost:.2f}x those of --jobs 1; S = ({many:.2f} / {one:.2f}) / "
+        f"{cost:.2f}; with all {os.cpu_count()} cores busy throughout, at most ({os.cpu_count()} / {one:.2f}) / "
+        f"{cost:.2f} = {(os.cpu_count() or 1) / one / cost:.2f}"
     )
     if args.repeat > 1:
         print(f"median of {args.repeat} pairs; all: {', '.join(f'{s:.2f}' for s in speedups)}")

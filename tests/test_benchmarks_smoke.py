@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -55,3 +56,7 @@ def test_parallel_benchmark_runs_and_reports() -> None:
     assert len(pairs) == 2 and all(p > 0 for p in pairs), proc.stdout
     # the median of two is their mean (each rounded to 2 decimals here, hence the tolerance)
     assert abs(float(match[1]) - sum(pairs) / 2) <= 0.011, (match[1], pairs)
+    # each run's CPU-seconds come from the OS (its workers included): some CPU, and no more cores busy than exist
+    busy = [float(m[1]) for line in lines if (m := re.search(r"CPU-seconds \(.*\), (\d+\.\d\d) cores busy", line))]
+    assert len(busy) == 4 and all(0 < b <= (os.cpu_count() or 1) + 0.05 for b in busy), proc.stdout
+    assert any(line.startswith("diagnostic, where S comes from") for line in lines), proc.stdout
