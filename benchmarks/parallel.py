@@ -208,11 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         f"--jobs 1's trials alone), jobs={args.jobs} over jobs=1: {statistics.median(busy):.2f}"
     )
     one, many, cost = (statistics.median(f[i] for f in factors) for i in range(3))
+    n_cores = os.cpu_count() or 1
     print(
         f"diagnostic, where S comes from (medians): cores busy on average {one:.2f} with --jobs 1, {many:.2f} with "
         f"--jobs {args.jobs}; CPU-seconds per trial {cost:.2f}x those of --jobs 1; S = ({many:.2f} / {one:.2f}) / "
-        f"{cost:.2f}; with all {os.cpu_count()} cores busy throughout, at most ({os.cpu_count()} / {one:.2f}) / "
-        f"{cost:.2f} = {(os.cpu_count() or 1) / one / cost:.2f}"
+        f"{cost:.2f}; with all {n_cores} cores busy throughout, at most ({n_cores} / {one:.2f}) / {cost:.2f} = "
+        f"{n_cores / one / cost:.2f}"
     )
     if args.repeat > 1:
         print(f"median of {args.repeat} pairs; all: {', '.join(f'{s:.2f}' for s in speedups)}")
