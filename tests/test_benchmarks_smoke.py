@@ -60,3 +60,18 @@ def test_parallel_benchmark_runs_and_reports() -> None:
     busy = [float(m[1]) for line in lines if (m := re.search(r"CPU-seconds \(.*\), (\d+\.\d\d) cores busy", line))]
     assert len(busy) == 4 and all(0 < b <= (os.cpu_count() or 1) + 0.05 for b in busy), proc.stdout
     assert any(line.startswith("diagnostic, where S comes from") for line in lines), proc.stdout
+
+
+@pytest.mark.slow
+def test_phases_benchmark_runs_and_reports() -> None:
+    """benchmarks/phases.py on one 2-epoch trial: both sides run, and the last line holds a positive ratio per phase."""
+    proc = run_benchmark("phases.py", "--trials", "1", "--epochs", "2")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    match = re.match(
+        r"^phases: trial=(\d+\.\d\d) first_epoch=(\d+\.\d\d) epochs=(\d+\.\d\d) validation=(\d+\.\d\d)$", lines[-1]
+    )
+    assert match, f"unexpected last line: {lines[-1]!r}"
+    assert all(float(v) > 0 for v in match.groups()), lines[-1]
+    sides = [line.split(":")[0] for line in lines if re.search(r": per trial \d+\.\d\d s \(", line)]
+    assert sides == ["default threads", "one thread, one core"], proc.stdout
