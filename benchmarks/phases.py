@@ -100,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(args)))
         return 0
 
-    passed = [a for a in argv if a != "--child"]
-    sides = {"default threads": run_side(passed, one_thread=False), "one thread, one core": run_side(passed, True)}
+    sides = {"default threads": run_side(argv, one_thread=False), "one thread, one core": run_side(argv, True)}
     for name, s in sides.items():
         print(
             f"{name}: per trial {s['trial']:.2f} s ({s['cpu']:.2f} CPU-seconds): build {s['build']:.2f}, first epoch "
@@ -110,14 +109,18 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     one, default = sides["one thread, one core"], sides["default threads"]
-    ratio = {k: one[k] / default[k] if default[k] > 0 else float("nan") for k in ("trial", "first_epoch", "epochs")}
-    validation = (one["first_validation"] + one["validations"]) / (default["first_validation"] + default["validations"])
+    groups = {"trial": ("trial",), "first_epoch": ("first_epoch",), "epochs": ("epochs",),
+              "validation": ("first_validation", "validations")}  # fmt: skip
+    ratio = {
+        name: sum(one[k] for k in keys) / total if (total := sum(default[k] for k in keys)) > 0 else float("nan")
+        for name, keys in groups.items()
+    }
     n_cores = os.cpu_count() or 1
     print(f"a worker per core can give at most {n_cores} / {ratio['trial']:.2f} = {n_cores / ratio['trial']:.2f}x the "
           "trials/hour of one process, before start-up and the last trial")  # fmt: skip
     print(
         f"phases: trial={ratio['trial']:.2f} first_epoch={ratio['first_epoch']:.2f} epochs={ratio['epochs']:.2f} "
-        f"validation={validation:.2f}"
+        f"validation={ratio['validation']:.2f}"
     )
     return 0
 
