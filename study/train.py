@@ -51,6 +51,29 @@ def _features(split: Interactions) -> dict[str, np.ndarray]:
     return {"user": split.user, "time_bucket": split.time_bucket, "time_norm": split.time_norm, "item": split.item}
 
 
+def _ranks_of(query: tf.Tensor, candidates: tf.Tensor, item: tf.Tensor) -> tf.Tensor:
+    """int [chunk]: how many other candidates score >= the true item.
+
+    Args:
+        query: [chunk, dim] query embeddings.
+        candidates: [num_items - 1, dim] every real candidate (row ``i`` is item ``i + 1``).
+        item: int [chunk], the true item of each query (1-based).
+    """
+    scores = tf.matmul(query, candidates, transpose_b=True)  # [chunk, num_items - 1]
+    true = tf.gather(scores, item - 1, axis=1, batch_dims=1)  # [chunk]
+    # Candidates scoring >= the true item, less the true item itself: ties count against the model, so a collapsed
+    # model that scores every item the same ranks last, not first. One pass over the scores.
+    return tf.reduce_sum(tf.cast(scores >= true[:, None], tf.int32), axis=1) - 1
+
+
+# One function for every model in the process: it captures no model, so XLA compiles it once per shape (chunk,
+# candidates, dim) and every later trial of that shape reuses the executable. A per-model compiled function cost a
+# compilation per trial, and TensorFlow's XLA cache never evicts, so each one also stayed in memory.
+_RANK_SIGNATURE = [tf.TensorSpec([None, None], tf.float32)] * 2 + [tf.TensorSpec([None], tf.int32)]
+_ranks_xla = tf.function(_ranks_of, jit_compile=True, input_signature=_RANK_SIGNATURE)
+_ranks_graph = tf.function(_ranks_of, input_signature=_RANK_SIGNATURE)
+
+
 class Evaluator:
     """Exact ranks of the true items among all candidates (row 0, the OOV item, is never a candidate).
 
@@ -69,19 +92,20 @@ class Evaluator:
             "item": tf.TensorSpec([None], tf.int32),
         }
 
-        @tf.function(jit_compile=jit, input_signature=[spec, tf.TensorSpec([None, None], tf.float32)])
+        @tf.function(input_signature=[spec])
+        def _queries(features: dict[str, tf.Tensor]) -> tf.Tensor:
+            return model.query_tower(features, training=False)  # [chunk, dim]
+
+        rank_fn = _ranks_xla if jit else _ranks_graph
+
         def _ranks(features: dict[str, tf.Tensor], candidates: tf.Tensor) -> tf.Tensor:
-            query = model.query_tower(features, training=False)  # [chunk, dim]
-            scores = tf.matmul(query, candidates, transpose_b=True)  # [chunk, num_items - 1]
-            true = tf.gather(scores, features["item"] - 1, axis=1, batch_dims=1)  # [chunk]
-            # Candidates scoring >= the true item, less the true item itself: ties count against the model, so a
-            # collapsed model that scores every item the same ranks last, not first. One pass over the scores.
-            return tf.reduce_sum(tf.cast(scores >= true[:, None], tf.int32), axis=1) - 1
+            return rank_fn(_queries(features), candidates, features["item"])
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
         def _candidates(items: tf.Tensor) -> tf.Tensor:
             return model.candidate_tower(items, training=False)
 
+        self._queries_fn = _queries
         self._ranks_fn = _ranks
         self._candidates_fn = _candidates
 
@@ -93,7 +117,7 @@ class Evaluator:
         """int [n]: 0-based rank of each interaction's true item among all candidates.
 
         Every chunk has the same shape (the last one is padded with copies of its last row, cut off after), so the
-        XLA-compiled rank function compiles once per model.
+        query tower traces once per model and the XLA-compiled rank function compiles once per shape in the process.
         """
         n = len(split)
         if n == 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +20,8 @@ from study.train import (
     OPTIMIZERS,
     Evaluator,
     Trainer,
+    _ranks_graph,
+    _ranks_xla,
     build_model,
     build_optimizer,
     metric_k,
@@ -305,6 +308,30 @@ def test_collapsed_model_ranks_last_not_first() -> None:
     assert (ranks == data.num_items - 2).all()  # last among the num_items - 1 real candidates
 
 
+@pytest.mark.parametrize("rank_fn", [_ranks_xla, _ranks_graph], ids=["xla", "graph"])
+def test_rank_counts_by_hand(rank_fn: Any) -> None:
+    """Ranks worked out by hand; ties with the true item count against it."""
+    query = tf.constant([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # [3, 2]
+    candidates = tf.constant([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0]])  # items 1..4, [4, 2]
+    # scores: row 0 [1, 0, 1, 2], row 1 [0, 1, 1, 0], row 2 = row 0.
+    # item 1 in row 0 (score 1): items 3 and 4 score >= 1 -> rank 2; item 2 in row 1 (1): item 3 ties -> rank 1;
+    # item 4 in row 2 (2): none above -> rank 0.
+    ranks = rank_fn(query, candidates, tf.constant([1, 2, 4]))
+    assert ranks.numpy().tolist() == [2, 1, 0]
+
+
+def test_rank_function_shared_between_models() -> None:
+    """Every model's evaluator calls the same compiled rank function: traced once, not once per trial."""
+    data = small_data()
+    cfg = _cfg(epochs=1)
+    first = Evaluator(build_model(cfg, data), jit=True).ranks(data.valid)
+    count = _ranks_xla.experimental_get_tracing_count()
+    second_model = build_model(cfg, data)
+    second = Evaluator(second_model, jit=True).ranks(data.valid)
+    assert _ranks_xla.experimental_get_tracing_count() == count >= 1
+    assert first.shape == second.shape == (len(data.valid),)
+
+
 def test_chunked_padded_ranks_equal_one_pass() -> None:
     """The last, short chunk is padded to the chunk shape and cut off: ranks match an unchunked pass."""
     data = small_data()
@@ -316,7 +343,7 @@ def test_chunked_padded_ranks_equal_one_pass() -> None:
     whole = Evaluator(model, chunk=n, jit=False).ranks(data.valid)
     chunked = Evaluator(model, chunk=chunk, jit=False)
     assert np.array_equal(chunked.ranks(data.valid), whole)
-    assert chunked._ranks_fn.experimental_get_tracing_count() == 1
+    assert chunked._queries_fn.experimental_get_tracing_count() == 1
     compiled = Evaluator(model, chunk=chunk, jit=True).ranks(data.valid)
     assert compiled.shape == whole.shape
     # XLA may sum in another order: a handful of near-ties can move by one, the metric does not.
