@@ -1,7 +1,8 @@
 """Command line: ``python -m study <command>``.
 
 Exit codes: 0 success, 1 bad input or a failed command (one-line ``error:`` message; ``--debug`` shows the
-traceback), 2 usage error (argparse), 130 interrupted by Ctrl-C.
+traceback), 2 usage error (argparse), 130 interrupted by Ctrl-C; 75 only from a ``--jobs`` worker that ran its
+``--recycle-after`` trials (its parent starts a fresh one in its place).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import study  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from study.errors import ConfigError, StudyError
+from study.workers import DEFAULT_RECYCLE_AFTER, EXIT_RECYCLE, worker_number
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -166,6 +168,14 @@ def _run_parser(sub: Any) -> None:
     p.add_argument("--max-embedding-mb", type=float, help="prune configs whose embedding tables exceed this size")
     p.add_argument("--no-test", action="store_true", help="skip re-training the best trial on the test split")
     p.add_argument("--jobs", type=int, default=1, help="worker processes on this machine sharing the study")
+    p.add_argument(
+        "--recycle-after",
+        type=int,
+        metavar="K",
+        help=f"replace a worker process by a fresh one after K trials, freeing what TensorFlow keeps of each trial "
+        f"(0 = never; default {DEFAULT_RECYCLE_AFTER} with --jobs N > 1, 0 with --jobs 1, where K > 0 runs the "
+        "trials in one worker process)",
+    )
     _add_common(p)
 
 
@@ -190,6 +200,8 @@ def run_settings_from_args(args: argparse.Namespace) -> Any:
         raise ConfigError(f"--eval-every: must be >= 1, but got {args.eval_every}")
     if args.patience is not None and args.patience < 0:
         raise ConfigError(f"--patience: must be >= 0, but got {args.patience}")
+    if args.recycle_after is not None and args.recycle_after < 0:
+        raise ConfigError(f"--recycle-after: must be >= 0 (0 = never), but got {args.recycle_after}")
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise ConfigError(f"--seed: must be in [0, 2**32 - 1], but got {args.seed}")
     objectives = tuple(o.strip() for o in args.objectives.split(",") if o.strip()) if args.objectives else ()
@@ -219,13 +231,21 @@ def run_settings_from_args(args: argparse.Namespace) -> Any:
         test_best=not args.no_test,
         quiet=args.quiet,
         jobs=args.jobs,
+        recycle_after=recycle_after(args),
     )
+
+
+def recycle_after(args: argparse.Namespace) -> int:
+    """``--recycle-after`` as given, else its default: DEFAULT_RECYCLE_AFTER with ``--jobs N > 1``, else 0."""
+    if args.recycle_after is not None:
+        return args.recycle_after
+    return DEFAULT_RECYCLE_AFTER if (args.jobs or 1) > 1 else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from study.workers import wait_for_parent
 
-    if args.jobs is not None and args.jobs > 1:
+    if worker_number() is None and ((args.jobs or 1) > 1 or recycle_after(args) > 0):
         return _run_jobs(args)
 
     def prefetch() -> None:  # a waiting --jobs worker loads the data while its parent validates the run
@@ -242,11 +262,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if settings.jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, but got {settings.jobs}")
     summary = run_study(settings)
+    if summary.recycled:
+        return EXIT_RECYCLE
     return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
 
 
 def _run_jobs(args: argparse.Namespace) -> int:
-    """``run --jobs N``: the workers start first, so they import TensorFlow while this process validates the run.
+    """``run --jobs N`` (or ``--recycle-after K``): the workers start first, so they import TensorFlow while this
+    process validates the run; a worker that ran its K trials is replaced by a fresh one (:class:`Workers`).
 
     This process imports TensorFlow only after the workers are done, to score the best trial on the test split:
     on a small machine a third import beside the workers' would delay their first trials by seconds.
@@ -254,7 +277,9 @@ def _run_jobs(args: argparse.Namespace) -> int:
     from study.workers import Workers
 
     started = time.perf_counter()
-    workers = Workers(args.argv, args.jobs)
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, but got {args.jobs}")
+    workers = Workers(args.argv, args.jobs or 1, recycle_after=recycle_after(args))
     try:
         settings = run_settings_from_args(args)
         from study.runner import run_study
@@ -561,7 +586,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     _, handler = _COMMANDS[args.command]
     try:
-        starts_workers = args.command == "run" and (args.jobs or 1) > 1  # it imports TensorFlow after starting them
+        # A --jobs parent imports TensorFlow after starting its workers.
+        starts_workers = args.command == "run" and worker_number() is None and ((args.jobs or 1) > 1 or recycle_after(args) > 0)
         if not getattr(args, "debug", False) and not starts_workers:
             import_tensorflow_quietly()
         return handler(args)

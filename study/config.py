@@ -240,6 +240,8 @@ class RunSettings:
         max_embedding_mb: reject configurations whose embedding tables exceed this many MiB.
         patience: stop a trial after this many evaluations without improvement (0 = off).
         jobs: worker processes on this machine.
+        recycle_after: a worker process that has run this many trials leaves and a fresh one takes its place (0 =
+            never). TensorFlow's XLA cache never evicts, so a process keeps ~10-50 MB of every trial it compiled.
         test_best: re-train the best trial and score it on the test split at the end.
         quiet: no per-trial lines.
     """
@@ -263,5 +265,6 @@ class RunSettings:
     max_embedding_mb: float | None = None
     patience: int | None = None
     jobs: int = 1
+    recycle_after: int = 0
     test_best: bool = True
     quiet: bool = False

@@ -352,6 +352,7 @@ class RunSummary:
     failed: int
     wall_seconds: float
     interrupted: bool = False
+    recycled: bool = False
     best_number: int | None = None
     best_value: float | None = None
     test_metrics: dict[str, float] = field(default_factory=dict)
@@ -471,7 +472,7 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all", star
     """
     from study import data as data_mod
     from study.locks import StartLock
-    from study.workers import limit_threads, worker_number
+    from study.workers import limit_threads, sampler_seed, worker_number
 
     limit_threads()
     from study.objective import Objective, objective_direction
@@ -490,10 +491,7 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all", star
     max_epochs = settings.max_epochs or _space_epochs(space)
     multi = len(objectives) > 1
     try:
-        sampler_seed = settings.seed
-        if sampler_seed is not None and worker_number():  # --jobs workers must not sample the same sequence
-            sampler_seed += 7919 * int(worker_number())
-        sampler = build_sampler(settings.sampler, sampler_seed, multi)
+        sampler = build_sampler(settings.sampler, sampler_seed(settings.seed), multi)
     except ValueError as exc:
         raise ConfigError(f"--sampler {settings.sampler}: {exc}") from None
     try:
@@ -602,6 +600,8 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all", star
         start_lock.release()
         return objective(trial)
 
+    ran = 0  # trials this process started
+    recycled = False
     try:
         while mode == "all":
             start_lock.acquire()
@@ -620,6 +620,13 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all", star
                 reap_dead_local_workers(optuna_study)
                 _fail_stale(optuna_study)
                 continue
+            if settings.recycle_after and worker_number() and ran >= settings.recycle_after:
+                # A fresh process takes this worker's place (study.workers.Workers): TensorFlow's XLA cache never
+                # evicts, so only leaving frees what this process compiled for its trials.
+                recycled = True
+                start_lock.release()
+                break
+            ran += 1
             try:
                 optuna_study.optimize(
                     run_objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False
@@ -651,7 +658,15 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all", star
         failed=counts[TrialState.FAIL],
         wall_seconds=time.perf_counter() - start,
         interrupted=interrupted,
+        recycled=recycled,
     )
+    if recycled:
+        print(
+            f"ran {ran} trials (--recycle-after {settings.recycle_after}); leaving for a fresh process "
+            f"({summary.finished}/{settings.trials} finished)",
+            file=out,
+        )
+        return summary
     if interrupted:
         print(
             f"\ninterrupted: {summary.finished}/{settings.trials} trials finished and saved in "

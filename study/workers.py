@@ -6,8 +6,9 @@ while the parent validates everything and creates the study; each worker then wa
 waiting workers are stopped without a word). Each worker limits TensorFlow to ``cores // N`` intra-op
 threads (so N workers do not oversubscribe the cores), prints its finished trials prefixed with its number, and
 stops when the study holds ``--trials`` finished trials (the count is read from the storage, so it is exact across
-workers). When all workers are done, the parent scores the best trial on the test split. Ctrl-C stops every worker
-(each marks its running trial FAIL) and prints how to resume.
+workers). A worker that ran ``--recycle-after`` trials (default 50) leaves and a fresh process takes its place:
+TensorFlow's XLA cache never evicts what a process compiled. When all workers are done, the parent scores the best
+trial on the test split. Ctrl-C stops every worker (each marks its running trial FAIL) and prints how to resume.
 
 Storage: SQLite is opened with WAL and a 60 s busy timeout, which keeps a handful of local writers free of
 "database is locked"; ``--storage journal:PATH`` (Optuna's JournalStorage on a file) is the alternative Optuna
@@ -26,13 +27,27 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 ENV_WORKER = "TOWER_STUDY_WORKER"
+# A worker that ran its --recycle-after trials exits with this code (EX_TEMPFAIL) and its parent starts a fresh one.
+EXIT_RECYCLE = 75
+# --recycle-after's default with --jobs N > 1: TensorFlow's XLA cache never evicts, so a process keeps ~10-50 MB of
+# every trial it compiled (~0.5-2.5 GB per 50 trials), and a fresh process costs ~5 s of start-up per 50 trials.
+DEFAULT_RECYCLE_AFTER = 50
 ENV_THREADS = "TOWER_STUDY_THREADS"
 ENV_WAIT = "TOWER_STUDY_WAIT_FOR_PARENT"
+ENV_GENERATION = "TOWER_STUDY_WORKER_GENERATION"  # 0 for the first process under a label, +1 for each replacement
 
 
 def worker_number() -> str | None:
     """The worker label (``"1"`` … ``"N"``) when this process is a ``--jobs`` worker."""
     return os.environ.get(ENV_WORKER)
+
+
+def sampler_seed(seed: int | None) -> int | None:
+    """The seed of this process's sampler: workers, and a worker's fresh replacements, each get their own, so they
+    never draw the same sequence; worker 1's first process gets ``seed`` itself, as a single process does."""
+    if seed is None or not worker_number():
+        return seed
+    return seed + 7919 * (int(worker_number() or 1) - 1) + 104729 * int(os.environ.get(ENV_GENERATION, "0"))
 
 
 def limit_threads() -> None:
@@ -100,8 +115,9 @@ def threads_per_worker(jobs: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, jobs))
 
 
-def worker_argv(argv: Sequence[str]) -> list[str]:
-    """The ``run`` arguments for one worker: the parent's, with ``--jobs`` dropped and ``--no-test`` added."""
+def worker_argv(argv: Sequence[str], recycle_after: int | None = None) -> list[str]:
+    """The ``run`` arguments for one worker: the parent's, with ``--jobs`` dropped and ``--no-test`` added (and
+    ``--recycle-after K`` when given: a worker runs with ``--jobs 1``, where the flag's default would be 0)."""
     out: list[str] = []
     skip = False
     for arg in argv:
@@ -114,7 +130,10 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
         if arg.startswith("--jobs="):
             continue
         out.append(arg)
-    return [*out, "--no-test"]
+    out.append("--no-test")
+    if recycle_after is not None:
+        out += ["--recycle-after", str(recycle_after)]
+    return out
 
 
 def _pump(proc: subprocess.Popen, label: str, stream: Any) -> None:
@@ -126,37 +145,55 @@ def _pump(proc: subprocess.Popen, label: str, stream: Any) -> None:
 
 class Workers:
     """``jobs`` worker processes running ``python -m study`` + ``worker_argv(argv)``, started at once; each waits
-    for :meth:`go` (see :func:`wait_for_parent`) and its output is copied to ``stream`` prefixed ``[worker i]``."""
+    for :meth:`go` (see :func:`wait_for_parent`) and its output is copied to ``stream`` prefixed ``[worker i]``.
 
-    def __init__(self, argv: Sequence[str], jobs: int, stream: Any = None) -> None:
+    With ``recycle_after`` K > 0, a worker leaves after K trials (exit code :data:`EXIT_RECYCLE`) and :meth:`wait`
+    starts a fresh process under the same label: TensorFlow's XLA cache never evicts, so only a new process frees
+    what the old one compiled. The fresh one does not wait for go (the study exists) and resumes it like any run.
+    One worker (``jobs`` 1, for ``--recycle-after`` alone) keeps TensorFlow's default threads, as a single process.
+    """
+
+    def __init__(self, argv: Sequence[str], jobs: int, stream: Any = None, recycle_after: int = 0) -> None:
         self.stream = stream or sys.stdout
         self.jobs = jobs
         self.threads = threads_per_worker(jobs)
+        self.recycle_after = recycle_after
+        self.replaced = 0
+        self.generations = [0] * jobs
         self.procs: list[subprocess.Popen] = []
         self.pumps: list[threading.Thread] = []
-        args = worker_argv(argv)
+        self.args = worker_argv(argv, recycle_after)
         for i in range(1, jobs + 1):
-            env = dict(
-                os.environ,
-                **{ENV_WORKER: str(i), ENV_THREADS: str(self.threads), ENV_WAIT: "1", "PYTHONUNBUFFERED": "1"},
-            )
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "study", *args],
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,  # Ctrl-C reaches the parent only; it forwards SIGINT to each worker
-            )
-            self.procs.append(proc)
-            pump = threading.Thread(target=_pump, args=(proc, str(i), self.stream), daemon=True)
-            pump.start()
-            self.pumps.append(pump)
+            self.procs.append(self._start(i, wait=True))
+
+    def _start(self, i: int, wait: bool, generation: int = 0) -> subprocess.Popen:
+        env = dict(os.environ, **{ENV_WORKER: str(i), ENV_GENERATION: str(generation), "PYTHONUNBUFFERED": "1"})
+        if self.jobs > 1:
+            env[ENV_THREADS] = str(self.threads)
+        else:
+            env.pop(ENV_THREADS, None)
+        if wait:
+            env[ENV_WAIT] = "1"
+        else:
+            env.pop(ENV_WAIT, None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "study", *self.args],
+            env=env,
+            stdin=subprocess.PIPE if wait else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # Ctrl-C reaches the parent only; it forwards SIGINT to each worker
+        )
+        pump = threading.Thread(target=_pump, args=(proc, str(i), self.stream), daemon=True)
+        pump.start()
+        self.pumps.append(pump)
+        return proc
 
     def _tell(self, word: str) -> None:
         for proc in self.procs:
-            assert proc.stdin is not None
+            if proc.stdin is None:  # a fresh replacement: it never waits for go
+                continue
             try:
                 proc.stdin.write(word + "\n")
                 proc.stdin.flush()
@@ -167,8 +204,11 @@ class Workers:
     def go(self) -> None:
         """The study is ready: every worker starts its trials."""
         self._tell("go")
+        threads = f"{self.threads} TensorFlow thread(s) each" if self.jobs > 1 else "TensorFlow's default threads"
+        recycle = f", each replaced by a fresh process after {self.recycle_after} trials" if self.recycle_after else ""
         print(
-            f"started {self.jobs} workers ({self.threads} TensorFlow thread(s) each): pids {[p.pid for p in self.procs]}",
+            f"started {self.jobs} worker{'s' if self.jobs > 1 else ''} ({threads}{recycle}): pids "
+            f"{[p.pid for p in self.procs]}",
             file=self.stream,
             flush=True,
         )
@@ -183,6 +223,21 @@ class Workers:
         for pump in self.pumps:
             pump.join(timeout=5)
 
+    def _replace(self, i: int) -> None:
+        """Worker ``i + 1`` left after its ``recycle_after`` trials: a fresh process takes its place."""
+        old = self.procs[i]
+        self.pumps[i].join(timeout=5)  # its last lines first
+        self.generations[i] += 1
+        self.procs[i] = self._start(i + 1, wait=False, generation=self.generations[i])
+        self.pumps[i] = self.pumps.pop()
+        self.replaced += 1
+        print(
+            f"worker {i + 1} (pid {old.pid}) ran {self.recycle_after} trials; a fresh process (pid {self.procs[i].pid}) "
+            "takes its place, freeing what TensorFlow kept of them",
+            file=self.stream,
+            flush=True,
+        )
+
     def wait(self) -> int:
         """Wait for every worker after :meth:`go`.
 
@@ -195,7 +250,13 @@ class Workers:
             # Polled, not Popen.wait(): on Ctrl-C, wait() first gives the child 0.25 s to exit on its own (it assumes
             # the child got the terminal's SIGINT too); these workers are in their own session and only get the
             # forwarded one.
-            while None in [p.poll() for p in procs]:  # every worker polled: a dead one is reaped at once
+            while True:
+                codes = [p.poll() for p in procs]  # every worker polled: a dead one is reaped at once
+                for i, code in enumerate(codes):
+                    if code == EXIT_RECYCLE:
+                        self._replace(i)
+                if None not in codes and EXIT_RECYCLE not in codes:
+                    break
                 time.sleep(0.1)
             codes = [p.wait() for p in procs]
         except KeyboardInterrupt:

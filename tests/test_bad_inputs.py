@@ -80,6 +80,12 @@ CASES: dict[str, tuple[list[str], int, list[str]]] = {
         ["--patience", "got -1"],
     ),
     "negative_seed": (RUN + ["--space", "SPACE", "--seed", "-1"], 1, ["--seed", "got -1"]),
+    "negative_recycle_after": (
+        RUN + ["--space", "SPACE", "--recycle-after", "-2"],
+        1,
+        ["--recycle-after", ">= 0", "got -2"],
+    ),
+    "jobs_0_with_recycle_after": (RUN + ["--space", "SPACE", "--jobs", "0", "--recycle-after", "3"], 1, ["--jobs", "got 0"]),
     "unknown_metric": (RUN + ["--space", "SPACE", "--metric", "hits10"], 1, ["--metric", "'hits10'"]),
     "unknown_objective": (
         RUN + ["--space", "SPACE", "--objectives", "top100,speed"],

@@ -75,3 +75,17 @@ def test_phases_benchmark_runs_and_reports() -> None:
     assert all(float(v) > 0 for v in match.groups()), lines[-1]
     sides = [line.split(":")[0] for line in lines if re.search(r": per trial \d+\.\d\d s \(", line)]
     assert sides == ["default threads", "one thread, one core"], proc.stdout
+
+
+@pytest.mark.slow
+def test_recycle_benchmark_runs_and_reports() -> None:
+    """benchmarks/recycle.py on 3 one-epoch trials, one worker: the recycled run takes 3 processes, the other one, and
+    the last line holds positive ratios."""
+    proc = run_benchmark("recycle.py", "--trials", "3", "--epochs", "1", "--after", "1", "--jobs", "1")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    match = re.match(r"^recycle: after=1 peak_rss=(\d+\.\d\d) wall=(\d+\.\d\d)$", lines[-1])
+    assert match, f"unexpected last line: {lines[-1]!r}"
+    assert all(float(v) > 0 for v in match.groups()), lines[-1]
+    runs = [m.groups() for line in lines if (m := re.match(r"^--recycle-after (\d+): 3 trials in .* by (\d+) worker", line))]
+    assert runs == [("0", "1"), ("1", "3")], proc.stdout

@@ -281,6 +281,56 @@ def test_concurrent_workers_claim_each_enqueued_trial_once(tmp_path: Path) -> No
     assert sorted(won) == sorted(ids), f"claimed more than once: {sorted(won)}"
 
 
+def test_worker_argv_and_sampler_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from study.workers import ENV_GENERATION, ENV_WORKER, sampler_seed, worker_argv
+
+    assert worker_argv(["run", "--jobs", "2", "--trials", "5"]) == ["run", "--trials", "5", "--no-test"]
+    assert worker_argv(["run", "--jobs=2"], 50) == ["run", "--no-test", "--recycle-after", "50"]
+    monkeypatch.delenv(ENV_WORKER, raising=False)
+    assert sampler_seed(7) == 7 and sampler_seed(None) is None
+    seeds = set()
+    for label in ("1", "2", "3"):
+        for generation in ("0", "1", "2"):
+            monkeypatch.setenv(ENV_WORKER, label)
+            monkeypatch.setenv(ENV_GENERATION, generation)
+            seeds.add(sampler_seed(7))
+            assert sampler_seed(None) is None
+    assert len(seeds) == 9  # every worker and every replacement draws its own sequence
+    monkeypatch.setenv(ENV_WORKER, "1")
+    monkeypatch.setenv(ENV_GENERATION, "0")
+    assert sampler_seed(7) == 7  # worker 1's first process samples as a single process does
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs, trials", [(2, 7), (1, 5)])
+def test_workers_are_replaced_after_recycle_after_trials(work: Path, tmp_path: Path, jobs: int, trials: int) -> None:
+    """Each worker process runs at most K trials, then a fresh one takes its place; every trial is accounted for and,
+    with a seeded random sampler, no replacement replays its predecessor's parameters."""
+    import optuna
+
+    db = tmp_path / "recycle.db"
+    argv = ["run", "--jobs", str(jobs), "--trials", str(trials), "--recycle-after", "2", "--space"]
+    argv += [str(work / "one_epoch.yaml"), "--dataset", f"csv:{work / 'data.csv'}", "--storage", f"sqlite:///{db}"]
+    argv += ["--pruner", "none", "--sampler", "random", "--seed", "3", "--no-test"]
+    proc = cli(argv, cwd=tmp_path, timeout=280)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    no_traceback(out)
+    study = optuna.load_study(study_name=optuna.get_all_study_names(f"sqlite:///{db}")[0], storage=f"sqlite:///{db}")
+    assert check_accounted(study, trials) == {"COMPLETE": trials}
+    assert len(study.trials) == trials
+    per_process: dict[str, int] = {}
+    for t in study.trials:
+        per_process[t.user_attrs["worker"]] = per_process.get(t.user_attrs["worker"], 0) + 1
+    assert max(per_process.values()) <= 2, per_process
+    assert len(per_process) >= -(-trials // 2), per_process  # ceil(trials / 2) processes at least
+    # (a replacement may find the last trial taken by the other worker meanwhile and run none)
+    assert out.count("takes its place") >= len(per_process) - jobs, out
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(params)) == len(params), params
+    assert f"done: {trials}/{trials} finished" in out
+
+
 @pytest.mark.slow
 def test_four_workers_share_one_sqlite_study_without_lock_errors(work: Path, tmp_path: Path) -> None:
     import optuna
