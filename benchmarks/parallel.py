@@ -67,6 +67,22 @@ def fixed_params(args: argparse.Namespace) -> list[dict]:
     return params
 
 
+def prepare(argv: list[str], storage: str, study_name: str, params: list[dict]) -> None:
+    """Create the study of ``python -m study`` + ``argv`` (untimed, as its parent would) and enqueue ``params``, so
+    the timed run trains exactly those trials."""
+    import io
+
+    import optuna
+
+    from study.cli import build_parser, run_settings_from_args
+    from study.runner import open_storage, run_study
+
+    run_study(run_settings_from_args(build_parser().parse_args(argv)), out=io.StringIO(), mode="prepare")
+    prepared = optuna.load_study(study_name=study_name, storage=open_storage(storage, heartbeat=False))
+    for p in params:
+        prepared.enqueue_trial(p)
+
+
 def run_once(jobs: int, args: argparse.Namespace, db: Path, params: list[dict]) -> tuple[float, int, float, float]:
     """Run the study with ``--jobs jobs`` in a fresh SQLite file ``db``.
 
@@ -75,12 +91,7 @@ def run_once(jobs: int, args: argparse.Namespace, db: Path, params: list[dict]) 
 
     The study is created first (untimed) with ``params`` enqueued, so the run trains those trials in some order.
     """
-    import io
-
     import optuna
-
-    from study.cli import build_parser, run_settings_from_args
-    from study.runner import open_storage, run_study
 
     storage = f"sqlite:///{db}"
     argv = [
@@ -89,10 +100,7 @@ def run_once(jobs: int, args: argparse.Namespace, db: Path, params: list[dict]) 
         "--pruner", "none", "--seed", str(args.seed), "--no-test", "--quiet", "--max-epochs", str(args.epochs),
         *args.extra,
     ]  # fmt: skip
-    run_study(run_settings_from_args(build_parser().parse_args(argv)), out=io.StringIO(), mode="prepare")
-    prepared = optuna.load_study(study_name="parallel", storage=open_storage(storage, heartbeat=False))
-    for p in params:
-        prepared.enqueue_trial(p)
+    prepare(argv, storage, "parallel", params)
     cmd = [sys.executable, "-m", "study", *argv]
     load = os.getloadavg()[0]
     started = datetime.datetime.now()  # Optuna stores naive local times

@@ -22,7 +22,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
@@ -49,8 +48,7 @@ def run_once(after: int, args: argparse.Namespace, db: Path, params: list[dict])
     """One ``run`` with ``--recycle-after after``. Returns (wall seconds, peak RSS in MiB)."""
     import optuna
 
-    from study.cli import build_parser, run_settings_from_args
-    from study.runner import open_storage, run_study
+    from benchmarks.parallel import prepare
 
     storage = f"sqlite:///{db}"
     argv = [
@@ -58,10 +56,7 @@ def run_once(after: int, args: argparse.Namespace, db: Path, params: list[dict])
         "--space", args.space, "--dataset", args.dataset, "--storage", storage, "--study-name", "recycle",
         "--pruner", "none", "--seed", str(args.seed), "--no-test", "--quiet", "--max-epochs", str(args.epochs),
     ]  # fmt: skip
-    run_study(run_settings_from_args(build_parser().parse_args(argv)), out=io.StringIO(), mode="prepare")
-    prepared = optuna.load_study(study_name="recycle", storage=open_storage(storage, heartbeat=False))
-    for p in params:
-        prepared.enqueue_trial(p)
+    prepare(argv, storage, "recycle", params)
     cmd = json.dumps([sys.executable, "-m", "study", *argv])
     proc = subprocess.run(
         [sys.executable, "-c", _WRAPPER, cmd], cwd=ROOT, capture_output=True, text=True,

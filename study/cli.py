@@ -200,6 +200,8 @@ def run_settings_from_args(args: argparse.Namespace) -> Any:
         raise ConfigError(f"--eval-every: must be >= 1, but got {args.eval_every}")
     if args.patience is not None and args.patience < 0:
         raise ConfigError(f"--patience: must be >= 0, but got {args.patience}")
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, but got {args.jobs}")
     if args.recycle_after is not None and args.recycle_after < 0:
         raise ConfigError(f"--recycle-after: must be >= 0 (0 = never), but got {args.recycle_after}")
     if args.seed is not None and not 0 <= args.seed < 2**32:
@@ -242,10 +244,16 @@ def recycle_after(args: argparse.Namespace) -> int:
     return DEFAULT_RECYCLE_AFTER if (args.jobs or 1) > 1 else 0
 
 
+def starts_workers(args: argparse.Namespace) -> bool:
+    """Whether this ``run`` is the parent of worker processes (``--jobs N > 1``, or ``--recycle-after K > 0``)."""
+    jobs = 1 if args.jobs is None else args.jobs
+    return worker_number() is None and jobs >= 1 and (jobs > 1 or recycle_after(args) > 0)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from study.workers import wait_for_parent
 
-    if worker_number() is None and ((args.jobs or 1) > 1 or recycle_after(args) > 0):
+    if starts_workers(args):
         return _run_jobs(args)
 
     def prefetch() -> None:  # a waiting --jobs worker loads the data while its parent validates the run
@@ -258,10 +266,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     from study.runner import run_study
 
-    settings = run_settings_from_args(args)
-    if settings.jobs < 1:
-        raise ConfigError(f"--jobs: must be >= 1, but got {settings.jobs}")
-    summary = run_study(settings)
+    summary = run_study(run_settings_from_args(args))
     if summary.recycled:
         return EXIT_RECYCLE
     return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
@@ -277,8 +282,6 @@ def _run_jobs(args: argparse.Namespace) -> int:
     from study.workers import Workers
 
     started = time.perf_counter()
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError(f"--jobs: must be >= 1, but got {args.jobs}")
     workers = Workers(args.argv, args.jobs or 1, recycle_after=recycle_after(args))
     try:
         settings = run_settings_from_args(args)
@@ -587,8 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _, handler = _COMMANDS[args.command]
     try:
         # A --jobs parent imports TensorFlow after starting its workers.
-        starts_workers = args.command == "run" and worker_number() is None and ((args.jobs or 1) > 1 or recycle_after(args) > 0)
-        if not getattr(args, "debug", False) and not starts_workers:
+        parent = args.command == "run" and starts_workers(args)
+        if not getattr(args, "debug", False) and not parent:
             import_tensorflow_quietly()
         return handler(args)
     except StudyError as exc:
