@@ -114,8 +114,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"data: {data.dataset} ({data.protocol} split) train={len(data.train)} valid={len(data.valid)} "
         f"test={len(data.test)} users={data.num_users - 1} items={data.num_items - 1}"
     )
-    shown_model = {k: v for k, v in cfg.to_dict()["model"].items() if k in ("layers", "activation", "body", "embedding", "embedding_dim")}
-    shown_train = {k: v for k, v in cfg.to_dict()["train"].items() if k in ("optimizer", "learning_rate", "batch_size", "epochs", "seed")}
+    shown_model = {
+        k: v
+        for k, v in cfg.to_dict()["model"].items()
+        if k in ("layers", "activation", "body", "embedding", "embedding_dim")
+    }
+    shown_train = {
+        k: v
+        for k, v in cfg.to_dict()["train"].items()
+        if k in ("optimizer", "learning_rate", "batch_size", "epochs", "seed")
+    }
     print("config: " + " ".join(f"{k}={v}" for k, v in {**shown_model, **shown_train}.items()))
     model = build_model(cfg, data)
     counts = model.param_counts()
@@ -223,7 +231,9 @@ def run_settings_from_args(args: argparse.Namespace) -> Any:
         timeout=parse_duration(args.timeout) if args.timeout else None,
         trial_timeout=trial_timeout,
         max_epochs=args.max_epochs,
-        eval_every=pick("eval_every", args.eval_every) if (args.eval_every is not None or "eval_every" in file_run) else None,
+        eval_every=pick("eval_every", args.eval_every)
+        if (args.eval_every is not None or "eval_every" in file_run)
+        else None,
         metric=pick("metric", args.metric),
         seed=args.seed,
         baselines=args.baselines,
@@ -262,7 +272,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = run_settings_from_args(args)
         data.load(settings.dataset, settings.protocol)
 
-    if not wait_for_parent(prefetch):  # a --jobs worker whose parent stopped the run (bad input, Ctrl-C) before it began
+    if not wait_for_parent(
+        prefetch
+    ):  # a --jobs worker whose parent stopped the run (bad input, Ctrl-C) before it began
         return EXIT_OK
     from study.runner import run_study
 
@@ -296,7 +308,9 @@ def _run_jobs(args: argparse.Namespace) -> int:
     workers.go()
     code = workers.wait()
     if code == EXIT_INTERRUPTED:
-        print(f"interrupted: finished trials are saved in {mask_url(settings.storage)}; run the same command again to resume")
+        print(
+            f"interrupted: finished trials are saved in {mask_url(settings.storage)}; run the same command again to resume"
+        )
         return EXIT_INTERRUPTED
     if settings.test_best and not args.debug:
         import_tensorflow_quietly()
@@ -341,7 +355,11 @@ def retrain_command(optuna_study: Any, trial: Any) -> str:
     cfg = trial.user_attrs.get("config", {})
     attrs = optuna_study.user_attrs
     m, t = cfg.get("model", {}), cfg.get("train", {})
-    parts = ["python -m study train", f"--dataset {attrs.get('dataset', 'embedded')}", f"--protocol {attrs.get('protocol', 'random')}"]
+    parts = [
+        "python -m study train",
+        f"--dataset {attrs.get('dataset', 'embedded')}",
+        f"--protocol {attrs.get('protocol', 'random')}",
+    ]
     parts += [
         f"--layers {','.join(str(u) for u in m.get('layers', []))}",
         f"--activation {m.get('activation')}",
@@ -382,7 +400,9 @@ def cmd_best(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"study {optuna_study.study_name!r} has no complete trial yet") from None
     metric = optuna_study.user_attrs.get("metric", "top100")
-    print(f"study {optuna_study.study_name!r}: best trial {best.number}, valid {metric}={best.value:.4f} at epoch {best.user_attrs.get('best_epoch')}")
+    print(
+        f"study {optuna_study.study_name!r}: best trial {best.number}, valid {metric}={best.value:.4f} at epoch {best.user_attrs.get('best_epoch')}"
+    )
     print("params:")
     for key, value in best.params.items():
         print(f"  {key}: {value}")
@@ -459,7 +479,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     optuna_study = load_existing_study(args.storage, args.study_name)
     evaluate_study(optuna_study, top=args.top, seeds=args.seeds)
-    print(f"stored on the study as user attr 'seed_reruns'; see them with `python -m study report --study {optuna_study.study_name}`")
+    print(
+        f"stored on the study as user attr 'seed_reruns'; see them with `python -m study report --study {optuna_study.study_name}`"
+    )
     return EXIT_OK
 
 
@@ -530,8 +552,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, tuple[Callable[[Any], None], Callable[[argparse.Namespace], int]]] = {
     "train": (_train_parser, cmd_train),
     "run": (_run_parser, cmd_run),
-    "best": (lambda sub: _storage_args(sub.add_parser("best", help="print the best trial and how to retrain it")), cmd_best),
-    "list": (lambda sub: _storage_args(sub.add_parser("list", help="list the studies in a storage"), with_study=False), cmd_list),
+    "best": (
+        lambda sub: _storage_args(sub.add_parser("best", help="print the best trial and how to retrain it")),
+        cmd_best,
+    ),
+    "list": (
+        lambda sub: _storage_args(sub.add_parser("list", help="list the studies in a storage"), with_study=False),
+        cmd_list,
+    ),
     "report": (_report_parser, cmd_report),
     "evaluate": (_evaluate_parser, cmd_evaluate),
     "dashboard": (_dashboard_parser, cmd_dashboard),

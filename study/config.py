@@ -175,7 +175,9 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     for f in dataclasses.fields(cls):
         if f.name not in values:
             continue
-        kwargs[f.name] = _coerce(values[f.name], f.default if f.default is not dataclasses.MISSING else None, where, f.name)
+        kwargs[f.name] = _coerce(
+            values[f.name], f.default if f.default is not dataclasses.MISSING else None, where, f.name
+        )
     return cls(**kwargs)
 
 

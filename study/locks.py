@@ -47,7 +47,7 @@ class StartLock:
         self._conn: Any = None
         self._scheme = storage_url.split(":", 1)[0].split("+", 1)[0]
         if storage_url.startswith("journal:"):
-            self._path = f"{storage_url[len('journal:'):]}-trials.lock"
+            self._path = f"{storage_url[len('journal:') :]}-trials.lock"
         elif self._scheme == "sqlite":
             path = _sqlite_path(storage_url)
             self._path = None if path is None else f"{path}-trials.lock"

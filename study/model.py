@@ -38,7 +38,9 @@ class QueryTower(tf.keras.layers.Layer):
             cfg.embedding, data.num_users, cfg.embedding_dim, cfg, data.user_train_counts, name="user_embedding"
         )
         self.time_embedding = (
-            FullEmbedding(data.num_time_buckets, cfg.embedding_dim, name="time_embedding") if cfg.use_timestamp else None
+            FullEmbedding(data.num_time_buckets, cfg.embedding_dim, name="time_embedding")
+            if cfg.use_timestamp
+            else None
         )
         self.body = build_body(cfg)
 
@@ -62,7 +64,9 @@ class CandidateTower(tf.keras.layers.Layer):
         )
         self.title_tokens = tf.constant(data.title_tokens, dtype=tf.int32) if cfg.use_title_words else None
         self.word_embedding = (
-            FullEmbedding(len(data.token_vocab), cfg.embedding_dim, name="word_embedding") if cfg.use_title_words else None
+            FullEmbedding(len(data.token_vocab), cfg.embedding_dim, name="word_embedding")
+            if cfg.use_title_words
+            else None
         )
         use_genres = cfg.use_genres and data.has_genres
         self.genres = tf.constant(data.genres, dtype=tf.int32) if use_genres else None
@@ -179,7 +183,11 @@ class TwoTowerModel(tfrs.models.Model):
         tables = [self.query_tower.user_embedding, self.candidate_tower.item_embedding]
         tables += [
             t
-            for t in (self.query_tower.time_embedding, self.candidate_tower.word_embedding, self.candidate_tower.genre_embedding)
+            for t in (
+                self.query_tower.time_embedding,
+                self.candidate_tower.word_embedding,
+                self.candidate_tower.genre_embedding,
+            )
             if t is not None
         ]
         embedding = sum(count_params(t) for t in tables)

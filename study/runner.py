@@ -69,7 +69,9 @@ def _gp_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise ConfigError("sampler 'gp': Optuna's GPSampler needs PyTorch; `pip install torch` or pick another sampler") from None
+        raise ConfigError(
+            "sampler 'gp': Optuna's GPSampler needs PyTorch; `pip install torch` or pick another sampler"
+        ) from None
     return optuna.samplers.GPSampler(seed=seed)
 
 
@@ -449,7 +451,11 @@ def _fmt_seconds(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
     seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
@@ -567,8 +573,17 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all", star
             file=out,
         )
     if mode == "prepare":
-        return RunSummary(study_name, mask_url(settings.storage), settings.trials, finished_before, finished_before,
-                          counts[TrialState.COMPLETE], counts[TrialState.PRUNED], counts[TrialState.FAIL], 0.0)
+        return RunSummary(
+            study_name,
+            mask_url(settings.storage),
+            settings.trials,
+            finished_before,
+            finished_before,
+            counts[TrialState.COMPLETE],
+            counts[TrialState.PRUNED],
+            counts[TrialState.FAIL],
+            0.0,
+        )
     progress = Progress(settings.trials, finished_before, settings.metric, settings.quiet, out)
     if mode == "all":  # TensorFlow is imported here at the latest: the --jobs parent (prepare, finish) never trains
         from study.dashboard import with_dashboard  # per-trial artifacts + study note for optuna-dashboard
@@ -588,9 +603,7 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all", star
         signalled.append(signum)
         raise KeyboardInterrupt
 
-    previous = (
-        {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if _main_thread() else {}
-    )
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if _main_thread() else {}
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     # Held from counting the trials until the new one is RUNNING in the storage, so workers never start more than
     # --trials between them (see study.locks); released as the objective begins.
@@ -683,8 +696,16 @@ def run_study(settings: RunSettings, out: Any = None, *, mode: str = "all", star
     print(
         f"done: {summary.finished}/{settings.trials} finished ({summary.complete} complete, {summary.pruned} pruned, "
         f"{summary.failed} failed) in {_fmt_seconds(summary.wall_seconds)}"
-        + (f"; best trial {summary.best_number}: {settings.metric}={summary.best_value:.4f}" if summary.best_value is not None else "")
-        + (f", test {settings.metric}={summary.test_metrics.get(settings.metric, float('nan')):.4f}" if summary.test_metrics else ""),
+        + (
+            f"; best trial {summary.best_number}: {settings.metric}={summary.best_value:.4f}"
+            if summary.best_value is not None
+            else ""
+        )
+        + (
+            f", test {settings.metric}={summary.test_metrics.get(settings.metric, float('nan')):.4f}"
+            if summary.test_metrics
+            else ""
+        ),
         file=out,
     )
     return summary

@@ -265,11 +265,15 @@ class Trainer:
 
         if not self.cfg.fold:
 
-            @tf.function(jit_compile=self.cfg.jit, input_signature=[tf.TensorSpec([num_batches * batch_size], tf.int32)])
+            @tf.function(
+                jit_compile=self.cfg.jit, input_signature=[tf.TensorSpec([num_batches * batch_size], tf.int32)]
+            )
             def run_epoch(perm: tf.Tensor) -> tf.Tensor:
                 total = tf.constant(0.0)
                 for i in tf.range(num_batches):
-                    idx = tf.slice(perm, [i * batch_size], [batch_size])  # static size (a Python slice is not, under XLA)
+                    idx = tf.slice(
+                        perm, [i * batch_size], [batch_size]
+                    )  # static size (a Python slice is not, under XLA)
                     batch = {k: tf.gather(v, idx) for k, v in train.items()}
                     with tf.GradientTape() as tape:
                         loss = model.batch_loss(batch, training=True)

@@ -282,4 +282,3 @@ class Workers:
             print(f"worker {i} (pid {proc.pid}) {how}", file=stream, flush=True)
         failed = [c for c in codes if c not in (0,)]
         return failed[0] if failed else 0
-

@@ -31,7 +31,10 @@ def make_table(n_users: int = 120, n_items: int = 300, n_rows: int = 12_000, see
         f"{WORDS[i % len(WORDS)].title()} {WORDS[(i * 7 + item_cluster[i]) % len(WORDS)]} ({1950 + i % 70})"
         for i in range(n_items)
     ]
-    genres = [[GENRES[item_cluster[i]]] + ([GENRES[(item_cluster[i] + 1) % clusters]] if i % 3 == 0 else []) for i in range(n_items)]
+    genres = [
+        [GENRES[item_cluster[i]]] + ([GENRES[(item_cluster[i] + 1) % clusters]] if i % 3 == 0 else [])
+        for i in range(n_items)
+    ]
     table = pd.DataFrame(
         {
             "user_id": [f"u{u}" for u in users],

@@ -85,7 +85,11 @@ CASES: dict[str, tuple[list[str], int, list[str]]] = {
         1,
         ["--recycle-after", ">= 0", "got -2"],
     ),
-    "jobs_0_with_recycle_after": (RUN + ["--space", "SPACE", "--jobs", "0", "--recycle-after", "3"], 1, ["--jobs", "got 0"]),
+    "jobs_0_with_recycle_after": (
+        RUN + ["--space", "SPACE", "--jobs", "0", "--recycle-after", "3"],
+        1,
+        ["--jobs", "got 0"],
+    ),
     "unknown_metric": (RUN + ["--space", "SPACE", "--metric", "hits10"], 1, ["--metric", "'hits10'"]),
     "unknown_objective": (
         RUN + ["--space", "SPACE", "--objectives", "top100,speed"],
@@ -184,5 +188,7 @@ def test_debug_shows_traceback(files: dict[str, Path], tmp_path: Path) -> None:
     proc = cli(argv_for("unknown_pruner", files) + ["--debug"], cwd=tmp_path, timeout=120)
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr
-    assert last_line(proc.stderr).startswith("study.errors.ConfigError: --pruner medain: unknown pruner 'medain'"), proc.stderr
+    assert last_line(proc.stderr).startswith("study.errors.ConfigError: --pruner medain: unknown pruner 'medain'"), (
+        proc.stderr
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == []

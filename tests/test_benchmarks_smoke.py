@@ -20,7 +20,11 @@ FINAL_LINE = re.compile(
 def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``python benchmarks/SCRIPT ARGS`` from the repository root; 300 s is a hang guard (each run here takes ~40 s)."""
     return subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -52,7 +56,11 @@ def test_parallel_benchmark_runs_and_reports() -> None:
     assert match, f"unexpected last line: {lines[-1]!r}"
     runs = [line.split(":")[0] for line in lines if re.match(r"^jobs=[12]: 2 trials \(0 failed\)", line)]
     assert runs == ["jobs=1", "jobs=2", "jobs=2", "jobs=1"], proc.stdout
-    pairs = [float(m[1]) for line in lines if (m := re.match(r"^pair [12] \(--jobs [12] first\): speedup=(\d+\.\d\d)$", line))]
+    pairs = [
+        float(m[1])
+        for line in lines
+        if (m := re.match(r"^pair [12] \(--jobs [12] first\): speedup=(\d+\.\d\d)$", line))
+    ]
     assert len(pairs) == 2 and all(p > 0 for p in pairs), proc.stdout
     # the median of two is their mean (each rounded to 2 decimals here, hence the tolerance)
     assert abs(float(match[1]) - sum(pairs) / 2) <= 0.011, (match[1], pairs)
@@ -87,5 +95,7 @@ def test_recycle_benchmark_runs_and_reports() -> None:
     match = re.match(r"^recycle: after=1 peak_rss=(\d+\.\d\d) wall=(\d+\.\d\d)$", lines[-1])
     assert match, f"unexpected last line: {lines[-1]!r}"
     assert all(float(v) > 0 for v in match.groups()), lines[-1]
-    runs = [m.groups() for line in lines if (m := re.match(r"^--recycle-after (\d+): 3 trials in .* by (\d+) worker", line))]
+    runs = [
+        m.groups() for line in lines if (m := re.match(r"^--recycle-after (\d+): 3 trials in .* by (\d+) worker", line))
+    ]
     assert runs == [("0", "1"), ("1", "3")], proc.stdout

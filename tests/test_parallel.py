@@ -450,7 +450,9 @@ def test_failing_trials_are_recorded_with_a_reason_and_the_study_goes_on(work: P
     assert re.fullmatch(r"training diverged: loss=(nan|inf|-inf) at epoch 1; .*", reasons[nan]), reasons
     assert re.fullmatch(r"exceeded --trial-timeout 4s: stopped after epoch (\d+) at (\d+\.\d)s", reasons[timed_out])
     epochs = trials[timed_out].user_attrs["epochs_run"]
-    assert 1 <= epochs < 1000 and reasons[timed_out].startswith(f"exceeded --trial-timeout 4s: stopped after epoch {epochs} ")
+    assert 1 <= epochs < 1000 and reasons[timed_out].startswith(
+        f"exceeded --trial-timeout 4s: stopped after epoch {epochs} "
+    )
     assert 4 < trials[timed_out].user_attrs["seconds"] < 60
     assert len(trials[timed_out].user_attrs["learning_curve"]) == epochs  # what it learned until then is kept
     for n, reason in reasons.items():

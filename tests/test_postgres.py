@@ -110,7 +110,9 @@ def test_two_workers_killed_then_resumed_account_for_every_trial(pg: Any, tmp_pa
     secret = _password()
     try:
         with Background(argv, tmp_path, "pg") as bg:
-            running = wait_for(lambda: pg_rows(pg, name), bg, mid_trial(min_finished=1, count=2), "2 trials mid-training")
+            running = wait_for(
+                lambda: pg_rows(pg, name), bg, mid_trial(min_finished=1, count=2), "2 trials mid-training"
+            )
             assert sorted(pid for _, pid in running) == sorted(worker_pids(bg.stdout))
             finished_then = {n: s for n, s, _, _ in pg_rows(pg, name) if s in ("COMPLETE", "PRUNED")}
             for _, pid in running:
