@@ -272,9 +272,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = run_settings_from_args(args)
         data.load(settings.dataset, settings.protocol)
 
-    if not wait_for_parent(
-        prefetch
-    ):  # a --jobs worker whose parent stopped the run (bad input, Ctrl-C) before it began
+    # A --jobs worker whose parent stopped the run (bad input, Ctrl-C) before it began ends here.
+    if not wait_for_parent(prefetch):
         return EXIT_OK
     from study.runner import run_study
 

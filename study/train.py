@@ -271,9 +271,8 @@ class Trainer:
             def run_epoch(perm: tf.Tensor) -> tf.Tensor:
                 total = tf.constant(0.0)
                 for i in tf.range(num_batches):
-                    idx = tf.slice(
-                        perm, [i * batch_size], [batch_size]
-                    )  # static size (a Python slice is not, under XLA)
+                    # static size (a Python slice is not, under XLA)
+                    idx = tf.slice(perm, [i * batch_size], [batch_size])
                     batch = {k: tf.gather(v, idx) for k, v in train.items()}
                     with tf.GradientTape() as tape:
                         loss = model.batch_loss(batch, training=True)

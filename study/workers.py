@@ -164,9 +164,12 @@ class Workers:
         self.pumps: list[threading.Thread] = []
         self.args = worker_argv(argv, recycle_after)
         for i in range(1, jobs + 1):
-            self.procs.append(self._start(i, wait=True))
+            proc, pump = self._start(i, wait=True)
+            self.procs.append(proc)
+            self.pumps.append(pump)
 
-    def _start(self, i: int, wait: bool, generation: int = 0) -> subprocess.Popen:
+    def _start(self, i: int, wait: bool, generation: int = 0) -> tuple[subprocess.Popen, threading.Thread]:
+        """Worker ``i``'s process (waiting for go when ``wait``) and the thread copying its output."""
         env = dict(os.environ, **{ENV_WORKER: str(i), ENV_GENERATION: str(generation), "PYTHONUNBUFFERED": "1"})
         if self.jobs > 1:
             env[ENV_THREADS] = str(self.threads)
@@ -187,8 +190,7 @@ class Workers:
         )
         pump = threading.Thread(target=_pump, args=(proc, str(i), self.stream), daemon=True)
         pump.start()
-        self.pumps.append(pump)
-        return proc
+        return proc, pump
 
     def _tell(self, word: str) -> None:
         for proc in self.procs:
@@ -228,8 +230,7 @@ class Workers:
         old = self.procs[i]
         self.pumps[i].join(timeout=5)  # its last lines first
         self.generations[i] += 1
-        self.procs[i] = self._start(i + 1, wait=False, generation=self.generations[i])
-        self.pumps[i] = self.pumps.pop()
+        self.procs[i], self.pumps[i] = self._start(i + 1, wait=False, generation=self.generations[i])
         self.replaced += 1
         print(
             f"worker {i + 1} (pid {old.pid}) ran {self.recycle_after} trials; a fresh process (pid {self.procs[i].pid}) "
