@@ -208,7 +208,7 @@ def run_settings_from_args(args: argparse.Namespace) -> Any:
         raise ConfigError(f"--eval-every: must be >= 1, but got {args.eval_every}")
     if args.patience is not None and args.patience < 0:
         raise ConfigError(f"--patience: must be >= 0, but got {args.patience}")
-    if args.jobs is not None and args.jobs < 1:
+    if args.jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, but got {args.jobs}")
     if args.recycle_after is not None and args.recycle_after < 0:
         raise ConfigError(f"--recycle-after: must be >= 0 (0 = never), but got {args.recycle_after}")
@@ -251,13 +251,12 @@ def recycle_after(args: argparse.Namespace) -> int:
     """``--recycle-after`` as given, else its default: DEFAULT_RECYCLE_AFTER with ``--jobs N > 1``, else 0."""
     if args.recycle_after is not None:
         return args.recycle_after
-    return DEFAULT_RECYCLE_AFTER if (args.jobs or 1) > 1 else 0
+    return DEFAULT_RECYCLE_AFTER if args.jobs > 1 else 0
 
 
 def starts_workers(args: argparse.Namespace) -> bool:
     """Whether this ``run`` is the parent of worker processes (``--jobs N > 1``, or ``--recycle-after K > 0``)."""
-    jobs = 1 if args.jobs is None else args.jobs
-    return worker_number() is None and jobs >= 1 and (jobs > 1 or recycle_after(args) > 0)
+    return worker_number() is None and args.jobs >= 1 and (args.jobs > 1 or recycle_after(args) > 0)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -293,7 +292,7 @@ def _run_jobs(args: argparse.Namespace) -> int:
     from study.workers import Workers
 
     started = time.perf_counter()
-    workers = Workers(args.argv, args.jobs or 1, recycle_after=recycle_after(args))
+    workers = Workers(args.argv, args.jobs, recycle_after=recycle_after(args))
     try:
         settings = run_settings_from_args(args)
         from study.runner import run_study

@@ -45,9 +45,10 @@ def worker_number() -> str | None:
 def sampler_seed(seed: int | None) -> int | None:
     """The seed of this process's sampler: workers, and a worker's fresh replacements, each get their own, so they
     never draw the same sequence; worker 1's first process gets ``seed`` itself, as a single process does."""
-    if seed is None or not worker_number():
+    number = worker_number()
+    if seed is None or not number:
         return seed
-    return seed + 7919 * (int(worker_number() or 1) - 1) + 104729 * int(os.environ.get(ENV_GENERATION, "0"))
+    return seed + 7919 * (int(number) - 1) + 104729 * int(os.environ.get(ENV_GENERATION, "0"))
 
 
 def limit_threads() -> None:
@@ -170,15 +171,12 @@ class Workers:
 
     def _start(self, i: int, wait: bool, generation: int = 0) -> tuple[subprocess.Popen, threading.Thread]:
         """Worker ``i``'s process (waiting for go when ``wait``) and the thread copying its output."""
-        env = dict(os.environ, **{ENV_WORKER: str(i), ENV_GENERATION: str(generation), "PYTHONUNBUFFERED": "1"})
-        if self.jobs > 1:
+        env = {k: v for k, v in os.environ.items() if k not in (ENV_THREADS, ENV_WAIT)}
+        env.update({ENV_WORKER: str(i), ENV_GENERATION: str(generation), "PYTHONUNBUFFERED": "1"})
+        if self.jobs > 1:  # one worker (--recycle-after alone) keeps TensorFlow's default threads
             env[ENV_THREADS] = str(self.threads)
-        else:
-            env.pop(ENV_THREADS, None)
         if wait:
             env[ENV_WAIT] = "1"
-        else:
-            env.pop(ENV_WAIT, None)
         proc = subprocess.Popen(
             [sys.executable, "-m", "study", *self.args],
             env=env,
