@@ -75,10 +75,11 @@ def prepare(argv: list[str], storage: str, study_name: str, params: list[dict]) 
     import optuna
 
     from study.cli import build_parser, run_settings_from_args
-    from study.runner import open_storage, run_study
+    from study.runner import prepare
+    from study.storage import open_storage
 
-    run_study(run_settings_from_args(build_parser().parse_args(argv)), out=io.StringIO(), mode="prepare")
-    prepared = optuna.load_study(study_name=study_name, storage=open_storage(storage, heartbeat=False))
+    prepare(run_settings_from_args(build_parser().parse_args(argv)), out=io.StringIO())
+    prepared = optuna.load_study(study_name=study_name, storage=open_storage(storage))
     for p in params:
         prepared.enqueue_trial(p)
 

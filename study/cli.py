@@ -15,10 +15,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import study  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from study.errors import ConfigError, StudyError
+from study.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ConfigError, StudyError
+from study.storage import DEFAULT_STORAGE
 from study.workers import DEFAULT_RECYCLE_AFTER, EXIT_RECYCLE, worker_number
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# Commands that train (and so import TensorFlow up front); the others only read a storage or a file.
+TRAINING_COMMANDS = ("train", "run", "evaluate", "export", "recommend")
 
 
 def parse_duration(text: str) -> float:
@@ -49,6 +51,9 @@ def _train_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="train one config and print a line per epoch (try a config before a search)")
     _add_data_args(p)
     p.add_argument("--config", help="YAML file with fixed model:/train: values (the search-space schema)")
+    p.add_argument("--study", dest="study_name", help="re-train a stored trial of this study (with --trial)")
+    p.add_argument("--trial", help="with --study: the trial number, or 'best'")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"with --study: its storage (default {DEFAULT_STORAGE})")
     p.add_argument("--layers", help="tower widths, e.g. 64,32 (the last is the output embedding size)")
     p.add_argument("--activation")
     p.add_argument("--body", help="mlp or deep_cross")
@@ -66,14 +71,37 @@ def _train_parser(sub: Any) -> None:
     _add_common(p)
 
 
+def base_train_config(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The config ``train`` starts from, before its flags, and the study it comes from (or None).
+
+    ``--study NAME --trial N`` takes the trial's stored config, every field of it, and the study's data; else
+    ``--config FILE``; else the defaults.
+    """
+    from study.config import TrialConfig
+
+    if args.trial is not None and args.study_name is None:
+        raise ConfigError("--trial: needs --study NAME (the study the trial belongs to)")
+    if args.study_name is None:
+        if args.config:
+            from study.search_space import load_config_file
+
+            return load_config_file(args.config), None
+        return TrialConfig(), None
+    from study.results import open_study, resolve_trial, trial_config
+
+    if args.trial is None:
+        raise ConfigError("--study: needs --trial N (or --trial best): which trial to re-train")
+    for flag, value in (("--config", args.config), ("--dataset", args.dataset), ("--protocol", args.protocol)):
+        if value is not None:
+            raise ConfigError(f"{flag}: not with --study, which re-trains on the study's own data and config")
+    optuna_study = open_study(args.storage, args.study_name)
+    return trial_config(resolve_trial(optuna_study, args.trial, complete=False)), optuna_study
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from study.config import TrialConfig
 
-    cfg = TrialConfig()
-    if args.config:
-        from study.search_space import load_config_file
-
-        cfg = load_config_file(args.config)
+    cfg, optuna_study = base_train_config(args)
     model_over = {
         k: v
         for k, v in {
@@ -109,7 +137,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from study.train import Evaluator, Trainer, build_model, validate_config
 
     validate_config(cfg)
-    data = data_mod.load(args.dataset or "embedded", args.protocol or "random")
+    if optuna_study is not None:
+        from study.results import load_study_data
+
+        data = load_study_data(optuna_study)
+    else:
+        data = data_mod.load(args.dataset or "embedded", args.protocol or "random")
     print(
         f"data: {data.dataset} ({data.protocol} split) train={len(data.train)} valid={len(data.valid)} "
         f"test={len(data.test)} users={data.num_users - 1} items={data.num_items - 1}"
@@ -289,20 +322,18 @@ def _run_jobs(args: argparse.Namespace) -> int:
     This process imports TensorFlow only after the workers are done, to score the best trial on the test split:
     on a small machine a third import beside the workers' would delay their first trials by seconds.
     """
+    from study.runner import finish, prepare
+    from study.storage import mask_url
     from study.workers import Workers
 
     started = time.perf_counter()
     workers = Workers(args.argv, args.jobs, recycle_after=recycle_after(args))
     try:
         settings = run_settings_from_args(args)
-        from study.runner import run_study
-
-        run_study(settings, mode="prepare")
+        run = prepare(settings)
     except BaseException:
         workers.stop()
         raise
-    from study.runner import mask_url
-
     workers.go()
     code = workers.wait()
     if code == EXIT_INTERRUPTED:
@@ -312,7 +343,7 @@ def _run_jobs(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     if settings.test_best and not args.debug:
         import_tensorflow_quietly()
-    summary = run_study(settings, mode="finish", started=started)
+    summary = finish(run, started=started)
     if code != 0 and summary.finished < settings.trials:  # else the other workers finished the study: success
         raise StudyError(f"a worker exited with code {code}; finished trials are saved, run the same command to resume")
     return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
@@ -322,71 +353,15 @@ def _run_jobs(args: argparse.Namespace) -> int:
 
 
 def _storage_args(p: argparse.ArgumentParser, with_study: bool = True) -> None:
-    p.add_argument("--storage", default="sqlite:///study.db", help="Optuna storage URL (default sqlite:///study.db)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
     if with_study:
         p.add_argument("--study", "--study-name", dest="study_name", help="study name (default: the only/latest one)")
 
 
-def load_existing_study(storage_url: str, study_name: str | None) -> Any:
-    """Load a study for read-only commands; the name may be omitted when the storage holds one study."""
-    import optuna
-
-    from study.runner import _sqlite_path, mask_url, open_storage
-
-    path = _sqlite_path(storage_url)
-    if path is not None and not path.exists():
-        raise ConfigError(f"--storage {storage_url}: no such file; run `python -m study run` first")
-    storage = open_storage(storage_url, heartbeat=False)
-    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
-    names = [s.study_name for s in summaries]
-    if study_name is None:
-        if not names:
-            raise ConfigError(f"{mask_url(storage_url)} holds no study; run `python -m study run` first")
-        study_name = names[-1]
-    elif study_name not in names:
-        raise ConfigError(f"no study {study_name!r} in {mask_url(storage_url)}; studies there: {names}")
-    return optuna.load_study(study_name=study_name, storage=storage)
-
-
-def retrain_command(optuna_study: Any, trial: Any) -> str:
-    """The exact ``python -m study train`` command that re-trains a trial's config."""
-    cfg = trial.user_attrs.get("config", {})
-    attrs = optuna_study.user_attrs
-    m, t = cfg.get("model", {}), cfg.get("train", {})
-    parts = [
-        "python -m study train",
-        f"--dataset {attrs.get('dataset', 'embedded')}",
-        f"--protocol {attrs.get('protocol', 'random')}",
-    ]
-    parts += [
-        f"--layers {','.join(str(u) for u in m.get('layers', []))}",
-        f"--activation {m.get('activation')}",
-        f"--body {m.get('body')}",
-        f"--embedding {m.get('embedding')}",
-        f"--embedding-dim {m.get('embedding_dim')}",
-        f"--optimizer {t.get('optimizer')}",
-        f"--learning-rate {t.get('learning_rate'):.6g}" if t.get("learning_rate") is not None else "",
-        f"--batch-size {t.get('batch_size')}",
-        f"--epochs {trial.user_attrs.get('best_epoch', t.get('epochs'))}",
-        f"--seed {t.get('seed')}",
-        "--no-jit" if t.get("jit") is False else "",
-    ]
-    default_model = {"layers", "activation", "body", "embedding", "embedding_dim"}
-    default_train = {"optimizer", "learning_rate", "batch_size", "epochs", "seed", "jit"}
-    extra_m = {k: v for k, v in m.items() if k not in default_model}
-    extra_t = {k: v for k, v in t.items() if k not in default_train}
-    from study.config import TrialConfig
-
-    base = TrialConfig().to_dict()
-    differs = {k: v for k, v in extra_m.items() if base["model"].get(k) != v}
-    differs_t = {k: v for k, v in extra_t.items() if base["train"].get(k) != v and k not in ("eval_every", "patience")}
-    if differs or differs_t:
-        parts.append("--config trial.yaml  # with " + str({"model": differs, "train": differs_t}))
-    return " ".join(p for p in parts if p)
-
-
 def cmd_best(args: argparse.Namespace) -> int:
-    optuna_study = load_existing_study(args.storage, args.study_name)
+    from study.results import TrialAttr, metric_of, open_study, retrain_command
+
+    optuna_study = open_study(args.storage, args.study_name)
     if len(optuna_study.directions) > 1:
         trials = optuna_study.best_trials
         print(f"study {optuna_study.study_name!r}: {len(trials)} Pareto-optimal trials")
@@ -397,14 +372,15 @@ def cmd_best(args: argparse.Namespace) -> int:
         best = optuna_study.best_trial
     except ValueError:
         raise ConfigError(f"study {optuna_study.study_name!r} has no complete trial yet") from None
-    metric = optuna_study.user_attrs.get("metric", "top100")
+    metric = metric_of(optuna_study)
     print(
-        f"study {optuna_study.study_name!r}: best trial {best.number}, valid {metric}={best.value:.4f} at epoch {best.user_attrs.get('best_epoch')}"
+        f"study {optuna_study.study_name!r}: best trial {best.number}, valid {metric}={best.value:.4f} "
+        f"at epoch {best.user_attrs.get(TrialAttr.BEST_EPOCH)}"
     )
     print("params:")
     for key, value in best.params.items():
         print(f"  {key}: {value}")
-    valid = best.user_attrs.get("valid_metrics", {})
+    valid = best.user_attrs.get(TrialAttr.VALID_METRICS, {})
     if valid:
         print("validation: " + " ".join(f"{k}={v:.4f}" for k, v in sorted(valid.items()) if k.startswith("top")))
     test = optuna_study.user_attrs.get("test_metrics")
@@ -412,35 +388,33 @@ def cmd_best(args: argparse.Namespace) -> int:
         print("test:       " + " ".join(f"{k}={v:.4f}" for k, v in sorted(test.items()) if k.startswith("top")))
     else:
         print("test:       not measured yet (finish `python -m study run`)")
-    print("retrain:    " + retrain_command(optuna_study, best))
+    print("retrain:    " + retrain_command(optuna_study, best, args.storage))
     return EXIT_OK
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     import optuna
 
-    from study.runner import _sqlite_path, mask_url, open_storage
+    from study.results import count_states
+    from study.storage import mask_url, open_existing
 
-    path = _sqlite_path(args.storage)
-    if path is not None and not path.exists():
-        raise ConfigError(f"--storage {args.storage}: no such file; run `python -m study run` first")
-    storage = open_storage(args.storage, heartbeat=False)
+    storage = open_existing(args.storage)
     summaries = optuna.get_all_study_summaries(storage, include_best_trial=True)
     if not summaries:
         print(f"{mask_url(args.storage)}: no studies")
         return EXIT_OK
     print(f"{'study':<40} {'complete':>8} {'pruned':>7} {'failed':>7} {'running':>7}  best")
     for s in summaries:
-        optuna_study = optuna.load_study(study_name=s.study_name, storage=storage)
-        counts: dict[str, int] = {}
-        for t in optuna_study.get_trials(deepcopy=False):
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        counts = {
+            state.name: n
+            for state, n in count_states(optuna.load_study(study_name=s.study_name, storage=storage)).items()
+        }
         best = ""
         if s.best_trial is not None and len(s.directions) == 1:
             best = f"{s.best_trial.value:.4f} (trial {s.best_trial.number})"
         print(
-            f"{s.study_name:<40} {counts.get('COMPLETE', 0):>8} {counts.get('PRUNED', 0):>7} "
-            f"{counts.get('FAIL', 0):>7} {counts.get('RUNNING', 0):>7}  {best}"
+            f"{s.study_name:<40} {counts['COMPLETE']:>8} {counts['PRUNED']:>7} {counts['FAIL']:>7} "
+            f"{counts['RUNNING']:>7}  {best}"
         )
     return EXIT_OK
 
@@ -457,8 +431,9 @@ def _report_parser(sub: Any) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from study.report import write_report
+    from study.results import open_study
 
-    optuna_study = load_existing_study(args.storage, args.study_name)
+    optuna_study = open_study(args.storage, args.study_name)
     path = write_report(optuna_study, args.out, storage_url=args.storage)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB; opens offline in any browser)")
     return EXIT_OK
@@ -474,8 +449,9 @@ def _evaluate_parser(sub: Any) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from study.evaluate import evaluate_study
+    from study.results import open_study
 
-    optuna_study = load_existing_study(args.storage, args.study_name)
+    optuna_study = open_study(args.storage, args.study_name)
     evaluate_study(optuna_study, top=args.top, seeds=args.seeds)
     print(
         f"stored on the study as user attr 'seed_reruns'; see them with `python -m study report --study {optuna_study.study_name}`"
@@ -511,8 +487,9 @@ def _export_parser(sub: Any) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from study.export import export_model
+    from study.results import open_study
 
-    optuna_study = load_existing_study(args.storage, args.study_name)
+    optuna_study = open_study(args.storage, args.study_name)
     export_model(optuna_study, args.trial, args.out, storage_url=args.storage)
     return EXIT_OK
 
@@ -617,7 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # A --jobs parent imports TensorFlow after starting its workers.
         parent = args.command == "run" and starts_workers(args)
-        if not getattr(args, "debug", False) and not parent:
+        if args.command in TRAINING_COMMANDS and not getattr(args, "debug", False) and not parent:
             import_tensorflow_quietly()
         return handler(args)
     except StudyError as exc:

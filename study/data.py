@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from study.errors import ConfigError, DataError
+from study.names import PROTOCOLS
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,6 @@ class Splits:
 
 CANONICAL_COLUMNS = ("user_id", "item_id", "title", "timestamp", "genres", "rating")
 ITEM_COLUMNS = ("item_id", "title", "genres")
-PROTOCOLS = ("random", "temporal", "tutorial")
 SPEC_FORMS = "embedded, grouplens:PATH, tfds:NAME, csv:PATH"
 UNK = "[UNK]"
 NO_GENRES = "(no genres listed)"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Exit codes of ``python -m study``: success, bad input or a failed command, usage error (argparse), Ctrl-C.
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
 
 class StudyError(Exception):
     """Base class of every error the CLI reports as a one-line message."""

@@ -63,7 +63,9 @@ def top_trials(optuna_study: Any, top: int) -> list[Any]:
     """
     from optuna.trial import TrialState
 
-    metric = optuna_study.user_attrs.get("metric", "top100")
+    from study.results import metric_of
+
+    metric = metric_of(optuna_study)
     trials = [
         t
         for t in optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -86,7 +88,7 @@ def evaluate_study(optuna_study: Any, top: int = 5, seeds: int = 3, out: Any = N
     Raises:
         ConfigError: bad ``top``/``seeds``, no complete trial, or the study's data is not available or changed.
     """
-    from study.runner import load_study_data, trial_config
+    from study.results import load_study_data, metric_of, retrain_config
     from study.train import train
 
     out = out or sys.stdout
@@ -100,7 +102,7 @@ def evaluate_study(optuna_study: Any, top: int = 5, seeds: int = 3, out: Any = N
     if not trials:
         raise ConfigError(f"study {name!r} has no complete trial yet; run `python -m study run` first")
     data = load_study_data(optuna_study)
-    metric = str(attrs.get("metric", "top100"))
+    metric = metric_of(optuna_study)
     stored = dict(attrs.get("seed_reruns") or {})
     written: dict[str, dict[str, Any]] = {}
     print(
@@ -110,12 +112,12 @@ def evaluate_study(optuna_study: Any, top: int = 5, seeds: int = 3, out: Any = N
         flush=True,
     )
     for trial in trials:
-        cfg = trial_config(optuna_study, trial)
-        epochs = int(trial.user_attrs.get("best_epoch") or cfg.train.epochs)
+        cfg = retrain_config(trial)
+        epochs = cfg.train.epochs
         seed_list = [cfg.train.seed + 1 + i for i in range(seeds)]
         values = []
         for seed in seed_list:
-            run_cfg = cfg.replace(train={"epochs": epochs, "eval_every": epochs, "patience": 0, "seed": seed})
+            run_cfg = cfg.replace(train={"seed": seed})
             _, result = train(run_cfg, data, eval_split=data.test, metric=metric)
             values.append(round(float(result.history[-1].metrics[metric]), 6))
         mean, ci95, std = mean_ci95(values)

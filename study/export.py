@@ -47,51 +47,6 @@ class ExportResult:
     data: Any
 
 
-def resolve_trial(optuna_study: Any, which: str | int = "best") -> Any:
-    """``best`` (single-objective best; multi-objective: the Pareto trial with the best validation metric) or a
-    trial number; the trial must be complete (or pruned with a best epoch) and have a stored config.
-
-    Raises:
-        ConfigError: no such trial / not usable.
-    """
-    from optuna.trial import TrialState
-
-    from study.errors import ConfigError
-
-    name = optuna_study.study_name
-    metric = optuna_study.user_attrs.get("metric", "top100")
-    text = str(which).strip().lower()
-    if text == "best":
-        if len(optuna_study.directions) == 1:
-            try:
-                trial = optuna_study.best_trial
-            except ValueError:
-                raise ConfigError(
-                    f"study {name!r} has no complete trial yet; run `python -m study run` first"
-                ) from None
-        else:
-            front = optuna_study.best_trials
-            if not front:
-                raise ConfigError(f"study {name!r} has no complete trial yet; run `python -m study run` first")
-            trial = max(front, key=lambda t: t.user_attrs.get("valid_metrics", {}).get(metric, float("-inf")))
-    else:
-        if not re.fullmatch(r"\d+", text):
-            raise ConfigError(f"--trial: expected 'best' or a trial number, but got {which!r}")
-        number = int(text)
-        trials = {t.number: t for t in optuna_study.get_trials(deepcopy=False)}
-        if number not in trials:
-            raise ConfigError(f"--trial {number}: study {name!r} has trials 0..{max(trials, default=-1)}")
-        trial = trials[number]
-        usable = trial.state == TrialState.COMPLETE or (
-            trial.state == TrialState.PRUNED and trial.user_attrs.get("best_epoch")
-        )
-        if not usable:
-            raise ConfigError(f"--trial {number}: the trial is {trial.state.name}, not complete; pick another trial")
-    if not trial.user_attrs.get("config"):
-        raise ConfigError(f"trial {trial.number} has no stored config; it was not run by `python -m study run`")
-    return trial
-
-
 def default_out_dir(study_name: str, trial_number: int) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", study_name).strip("._") or "study"
     return Path("models") / f"{safe}-trial{trial_number}"
@@ -270,7 +225,8 @@ def export_model(
     import tensorflow as tf
 
     from study.errors import ConfigError
-    from study.runner import load_study_data, mask_url, trial_config
+    from study.results import StudyAttr, load_study_data, resolve_trial, retrain_config
+    from study.storage import mask_url
     from study.train import train, versions
 
     out = out or sys.stdout
@@ -281,10 +237,9 @@ def export_model(
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / CARD).exists())):
         raise ConfigError(f"--out {path}: exists and is not a model export; pick another folder")
     data = load_study_data(optuna_study)
-    cfg = trial_config(optuna_study, trial)
-    epochs = int(trial.user_attrs.get("best_epoch") or cfg.train.epochs)
-    cfg = cfg.replace(train={"epochs": epochs, "eval_every": epochs, "patience": 0})
-    metric = str(attrs.get("metric", cfg.train.metric))
+    cfg = retrain_config(trial)
+    epochs = cfg.train.epochs
+    metric = str(attrs.get(StudyAttr.METRIC, cfg.train.metric))
     fit_data, trained_on = _merged_training_data(data)
     print(
         f"exporting trial {trial.number} of {name!r}: training on {trained_on} ({len(fit_data.train):,} rows) "

@@ -20,6 +20,8 @@ import hashlib
 import os
 from typing import Any
 
+from study.storage import SERVER_SCHEMES, scheme, storage_file
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock; workers on one machine there may overshoot --trials by one
@@ -37,21 +39,17 @@ class StartLock:
     harmless (the second call does nothing)."""
 
     def __init__(self, storage_url: str, study_name: str, engine: Any = None) -> None:
-        from study.runner import _sqlite_path
-
         self.study_name = study_name
         self.held = False
         self._path: str | None = None
         self._fd: int | None = None
         self._engine = None
         self._conn: Any = None
-        self._scheme = storage_url.split(":", 1)[0].split("+", 1)[0]
-        if storage_url.startswith("journal:"):
-            self._path = f"{storage_url[len('journal:') :]}-trials.lock"
-        elif self._scheme == "sqlite":
-            path = _sqlite_path(storage_url)
-            self._path = None if path is None else f"{path}-trials.lock"
-        elif self._scheme in ("postgresql", "postgres", "mysql"):
+        self._scheme = scheme(storage_url)
+        path = storage_file(storage_url)
+        if path is not None:
+            self._path = f"{path}-trials.lock"
+        elif self._scheme in SERVER_SCHEMES:
             self._engine = engine
 
     @property

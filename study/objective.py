@@ -14,7 +14,7 @@ import optuna
 from study.config import RunSettings, TrialConfig
 from study.data import EncodedData
 from study.errors import NonFiniteLossError, StudyError
-from study.names import metric_k
+from study.names import TrialAttr, metric_k
 from study.search_space import SearchSpace, suggest
 
 # Objectives a (multi-objective) study can optimise besides the validation metrics, and their directions.
@@ -83,21 +83,21 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         cfg = apply_overrides(suggest(trial, self.space), self.settings)
-        trial.set_user_attr("config", cfg.to_dict())
-        trial.set_user_attr("worker", worker_id())
-        trial.set_user_attr("data_hash", self.data.data_hash)
-        trial.set_user_attr("versions", dict(self.versions))
-        trial.set_user_attr("max_epochs", cfg.train.epochs)
+        trial.set_user_attr(TrialAttr.CONFIG, cfg.to_dict())
+        trial.set_user_attr(TrialAttr.WORKER, worker_id())
+        trial.set_user_attr(TrialAttr.DATA_HASH, self.data.data_hash)
+        trial.set_user_attr(TrialAttr.VERSIONS, dict(self.versions))
+        trial.set_user_attr(TrialAttr.MAX_EPOCHS, cfg.train.epochs)
         try:
             return self.run(trial, cfg)
         except optuna.TrialPruned:
             raise
         except Exception as exc:  # Optuna marks the trial FAIL; keep why (NaN loss and timeouts set their own)
-            if "fail_reason" not in trial.user_attrs:
-                trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
+            if TrialAttr.FAIL_REASON not in trial.user_attrs:
+                trial.set_user_attr(TrialAttr.FAIL_REASON, f"{type(exc).__name__}: {exc}"[:500])
             raise
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna marks the trial FAIL and the run stops
-            trial.set_user_attr("fail_reason", "interrupted")
+            trial.set_user_attr(TrialAttr.FAIL_REASON, "interrupted")
             raise
 
     def run(self, trial: optuna.Trial, cfg: TrialConfig) -> float | tuple[float, ...]:
@@ -113,8 +113,8 @@ class Objective:
         limit = self.settings.max_embedding_mb
         if limit is not None and counts["embedding_bytes"] > limit * 2**20:
             reason = f"embedding tables {counts['embedding_bytes'] / 2**20:.2f} MiB > --max-embedding-mb {limit}"
-            trial.set_user_attr("pruned_reason", reason)
-            trial.set_user_attr("epochs_run", 0)
+            trial.set_user_attr(TrialAttr.PRUNED_REASON, reason)
+            trial.set_user_attr(TrialAttr.EPOCHS_RUN, 0)
             raise optuna.TrialPruned(reason)
         trainer = Trainer(model, self.data, cfg.train)
         curve: list[list[float]] = []
@@ -122,19 +122,19 @@ class Objective:
         state: dict[str, Any] = {}
 
         def record(result: Any, pruned_at: int | None = None) -> None:
-            trial.set_user_attr("learning_curve", curve)
-            trial.set_user_attr("loss_curve", losses)
-            trial.set_user_attr("epochs_run", len(losses))
-            trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+            trial.set_user_attr(TrialAttr.LEARNING_CURVE, curve)
+            trial.set_user_attr(TrialAttr.LOSS_CURVE, losses)
+            trial.set_user_attr(TrialAttr.EPOCHS_RUN, len(losses))
+            trial.set_user_attr(TrialAttr.SECONDS, round(time.perf_counter() - start, 3))
             epoch_times = [h.train_seconds for h in result.history[1:]] or [h.train_seconds for h in result.history]
             if epoch_times:
-                trial.set_user_attr("seconds_per_epoch", round(sorted(epoch_times)[len(epoch_times) // 2], 4))
-            trial.set_user_attr("compile_seconds", round(result.compile_seconds, 3))
+                trial.set_user_attr(TrialAttr.SECONDS_PER_EPOCH, round(sorted(epoch_times)[len(epoch_times) // 2], 4))
+            trial.set_user_attr(TrialAttr.COMPILE_SECONDS, round(result.compile_seconds, 3))
             if result.best_metrics:
-                trial.set_user_attr("best_epoch", result.best_epoch)
-                trial.set_user_attr("valid_metrics", {k: round(v, 6) for k, v in result.best_metrics.items()})
+                trial.set_user_attr(TrialAttr.BEST_EPOCH, result.best_epoch)
+                trial.set_user_attr(TrialAttr.VALID_METRICS, {k: round(v, 6) for k, v in result.best_metrics.items()})
             if pruned_at is not None:
-                trial.set_user_attr("pruned_at_epoch", pruned_at)
+                trial.set_user_attr(TrialAttr.PRUNED_AT_EPOCH, pruned_at)
 
         def callback(epoch_result: Any) -> bool:
             losses.append([epoch_result.epoch, round(epoch_result.loss, 4)])
@@ -164,14 +164,14 @@ class Objective:
             raise
         except TrialTimeoutError as exc:
             record(trainer.result)
-            trial.set_user_attr("fail_reason", str(exc))
+            trial.set_user_attr(TrialAttr.FAIL_REASON, str(exc))
             raise
         except NonFiniteLossError as exc:
-            trial.set_user_attr("fail_reason", str(exc))
-            trial.set_user_attr("epochs_run", exc.epoch)
+            trial.set_user_attr(TrialAttr.FAIL_REASON, str(exc))
+            trial.set_user_attr(TrialAttr.EPOCHS_RUN, exc.epoch)
             raise
         record(result)
-        trial.set_user_attr("stopped_early", result.stopped_early)
+        trial.set_user_attr(TrialAttr.STOPPED_EARLY, result.stopped_early)
         values = []
         for name in self.objectives:
             if name in COST_OBJECTIVES:

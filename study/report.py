@@ -24,6 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from study.progress import format_seconds
+from study.results import metric_of, retrain_command
+from study.storage import mask_secrets, mask_url
+
 TOP_N = 20
 MIN_IMPORTANCE_TRIALS = 4
 MAX_SLICE_PARAMS = 6
@@ -233,11 +237,9 @@ def collect(optuna_study: Any, storage_url: str | None = None) -> ReportData:
     """
     from optuna.trial import TrialState
 
-    from study.runner import mask_url
-
     attrs = dict(optuna_study.user_attrs)
     directions = [d.name.lower() for d in optuna_study.directions]
-    metric = str(attrs.get("metric", "top100"))
+    metric = metric_of(optuna_study)
     objectives = [str(o) for o in attrs.get("objectives") or [metric]]
     if len(objectives) != len(directions):
         objectives = [f"objective {i}" for i in range(len(directions))] if len(directions) > 1 else [metric]
@@ -274,10 +276,8 @@ def collect(optuna_study: Any, storage_url: str | None = None) -> ReportData:
         except ValueError:
             best_frozen = None
         if best_frozen is not None:
-            from study.cli import retrain_command
-
             best = by_number[best_frozen.number]
-            retrain = retrain_command(optuna_study, best_frozen)
+            retrain = retrain_command(optuna_study, best_frozen, storage_url)
             if attrs.get("test_trial") == best.number and attrs.get("test_metrics"):
                 best_test = {k: float(v) for k, v in attrs["test_metrics"].items()}
 
@@ -350,12 +350,10 @@ def collect(optuna_study: Any, storage_url: str | None = None) -> ReportData:
 
 # --------------------------------------------------------------------------------------------- formatting
 
-_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^\s/]*@")
-
 
 def esc(value: Any) -> str:
     """``value`` as HTML text: any ``scheme://user:password@`` password masked, then escaped."""
-    return html.escape(_PASSWORD.sub(r"\1:***@", str(value)))
+    return html.escape(mask_secrets(str(value)))
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -374,11 +372,7 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "–"
-    seconds = int(round(seconds))
-    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+    return format_seconds(seconds, missing="–")
 
 
 def fmt_bytes(n: int | None) -> str:

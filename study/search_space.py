@@ -50,9 +50,6 @@ from study import names
 from study.config import ModelConfig, TrainConfig, TrialConfig, field_names
 from study.errors import ConfigError, SearchSpaceError
 
-PROTOCOLS: tuple[str, ...] = ("random", "temporal", "tutorial")
-SAMPLERS: tuple[str, ...] = ("tpe", "random", "cmaes", "gp", "qmc", "nsga2")
-PRUNERS: tuple[str, ...] = ("hyperband", "median", "successive-halving", "none")
 RUN_KEYS: tuple[str, ...] = ("dataset", "protocol", "sampler", "pruner", "metric", "eval_every")
 TEMPLATE_KEYS: tuple[str, ...] = ("depth", "units", "output_dim")
 SECTIONS: tuple[str, ...] = ("run", "model", "train")
@@ -83,7 +80,11 @@ _SPEC_KEYS: dict[str | None, tuple[str, ...]] = {
     "categorical": ("type", "choices", "when"),
     None: ("value", "when"),
 }
-_RUN_ENUMS: dict[str, tuple[str, ...]] = {"protocol": PROTOCOLS, "sampler": SAMPLERS, "pruner": PRUNERS}
+_RUN_ENUMS: dict[str, tuple[str, ...]] = {
+    "protocol": names.PROTOCOLS,
+    "sampler": names.SAMPLERS,
+    "pruner": names.PRUNERS,
+}
 _CONFIG_SOURCE = "<search space>"
 _CONFIG_PREFIX = re.compile(rf"^(?:{re.escape(_CONFIG_SOURCE)}: )?(?:model|train)\.\w+: ")
 

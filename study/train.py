@@ -1,6 +1,6 @@
 """Fast training loop and exact top-k evaluation.
 
-Where the time goes (measured, see README "Speed"): all string work is done once in :mod:`study.data`; the training
+Where the time goes (measured, see docs/benchmarks.md): all string work is done once in :mod:`study.data`; the training
 split lives in memory as int tensors; each epoch draws one permutation on the host and runs *all* its batches inside
 one compiled ``tf.function`` (optionally XLA), so there is no per-step Python, no tf.data and no retracing between
 epochs. Evaluation scores every eval interaction against every candidate with one matmul per chunk and counts the
@@ -238,7 +238,6 @@ class Trainer:
         self._train = {k: tf.constant(v) for k, v in _features(data.train).items()}
         self._train_items = np.asarray(data.train.item)
         self.unique_cap = 0
-        self.retraces = 0
         self._next_perm: np.ndarray | None = None
         if cfg.fold:
             # Distinct items per batch vary little between random batches; size the (static) unique axis from the
@@ -313,7 +312,6 @@ class Trainer:
         unique, log_counts, positions, needed = fold_batches(self._train_items[perm], self.num_batches, self.unique_cap)
         if needed > self.unique_cap:
             self.unique_cap = _round_up(int(needed * 1.06) + 8, 8, self.batch_size)
-            self.retraces += 1
             self._epoch_fn = self._make_epoch_fn()
             unique, log_counts, positions, _ = fold_batches(self._train_items[perm], self.num_batches, self.unique_cap)
         total = self._epoch_fn(tf.constant(perm), tf.constant(unique), tf.constant(log_counts), tf.constant(positions))

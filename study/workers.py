@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from study.errors import EXIT_INTERRUPTED
+
 ENV_WORKER = "TOWER_STUDY_WORKER"
 # A worker that ran its --recycle-after trials exits with this code (EX_TEMPFAIL) and its parent starts a fresh one.
 EXIT_RECYCLE = 75
@@ -57,7 +59,7 @@ def limit_threads() -> None:
     In a worker (``TOWER_STUDY_THREADS`` set by :class:`Workers`): that many intra-op and inter-op threads, and idle
     pool threads sleep instead of spinning (``ConfigProto.experimental.disable_thread_spinning``): a worker's
     spinning thread burns time on the core the other worker trains on. A single process keeps TensorFlow's
-    defaults, where spinning measured faster (figures in the README's "Scaling out").
+    defaults, where spinning measured faster (figures in docs/scaling.md).
 
     A process that already ran TensorFlow ops (in-process tests) keeps its pools as they are.
     """
@@ -99,7 +101,6 @@ def wait_for_parent(prefetch: Callable[[], Any] | None = None) -> bool:
     import tensorflow_recommenders  # noqa: F401
 
     import study.objective  # noqa: F401
-    import study.runner  # noqa: F401
     import study.train  # noqa: F401
 
     if prefetch is not None:
@@ -159,7 +160,6 @@ class Workers:
         self.jobs = jobs
         self.threads = threads_per_worker(jobs)
         self.recycle_after = recycle_after
-        self.replaced = 0
         self.generations = [0] * jobs
         self.procs: list[subprocess.Popen] = []
         self.pumps: list[threading.Thread] = []
@@ -229,7 +229,6 @@ class Workers:
         self.pumps[i].join(timeout=5)  # its last lines first
         self.generations[i] += 1
         self.procs[i], self.pumps[i] = self._start(i + 1, wait=False, generation=self.generations[i])
-        self.replaced += 1
         print(
             f"worker {i + 1} (pid {old.pid}) ran {self.recycle_after} trials; a fresh process (pid {self.procs[i].pid}) "
             "takes its place, freeing what TensorFlow kept of them",
@@ -241,7 +240,7 @@ class Workers:
         """Wait for every worker after :meth:`go`.
 
         Returns:
-            0 when every worker succeeded, 130 when interrupted, else the first non-zero exit code.
+            0 when every worker succeeded, EXIT_INTERRUPTED (130) when interrupted, else the first non-zero exit code.
         """
         procs, stream = self.procs, self.stream
         interrupted = False
@@ -267,7 +266,7 @@ class Workers:
         for pump in self.pumps:
             pump.join(timeout=5)
         if interrupted:
-            return 130
+            return EXIT_INTERRUPTED
         for i, (proc, code) in enumerate(zip(procs, codes, strict=True), 1):
             if code < 0:  # killed by a signal (SIGKILL, the OOM killer): the others reap and retry its trial
                 try:

@@ -36,6 +36,8 @@ from e2e_util import (
     write_space,
 )
 
+from study import names
+
 pytestmark = pytest.mark.slow
 
 STUDY = "csv_data.csv-tiny"  # the default name: <dataset>-<space file stem>
@@ -85,6 +87,7 @@ def test_short_study_lands_in_sqlite_with_all_attrs(work: Path, basic: dict[str,
     attrs = study.user_attrs
     for key in STUDY_ATTRS:
         assert key in attrs, key
+    assert set(attrs) <= set(names.STUDY_ATTRS), set(attrs) - set(names.STUDY_ATTRS)  # one table names them all
     assert attrs["dataset"] == "csv:data.csv" and attrs["protocol"] == "random"
     assert attrs["space_fingerprint"] == load_space(str(work / "tiny.yaml")).fingerprint()
     assert attrs["data_hash"] == load_data(f"csv:{work / 'data.csv'}").data_hash
@@ -95,6 +98,7 @@ def test_short_study_lands_in_sqlite_with_all_attrs(work: Path, basic: dict[str,
     for t in trials:
         for key in TRIAL_ATTRS:
             assert key in t.user_attrs, (t.number, key)
+        assert set(t.user_attrs) <= set(names.TRIAL_ATTRS), set(t.user_attrs) - set(names.TRIAL_ATTRS)
         ua, params = t.user_attrs, t.params
         cfg = ua["config"]
         assert cfg["train"]["seed"] == 7  # --seed seeds training too
@@ -137,17 +141,8 @@ def test_best_and_list_print_the_best_trial_and_counts(work: Path, basic: dict[s
     assert f"top100={study.user_attrs['test_metrics']['top100']:.4f}" in test_line
     retrain = next(line for line in lines if line.startswith("retrain:"))
     command = retrain[len("retrain:") :].strip()
-    assert command.startswith("python -m study train --dataset csv:data.csv --protocol random ")
-    cfg = best.user_attrs["config"]
-    for flag in (
-        f"--layers {','.join(map(str, cfg['model']['layers']))}",
-        f"--embedding-dim {cfg['model']['embedding_dim']}",
-        f"--batch-size {cfg['train']['batch_size']}",
-        f"--epochs {best_epoch}",
-        "--seed 7",
-        "--no-jit",
-    ):
-        assert flag in command, (flag, command)
+    # The stored config travels whole through --study/--trial (tests/test_retrain.py re-trains it).
+    assert command == f"python -m study train --study {STUDY} --trial {best.number} --storage {url}"
     assert "#" not in command, command  # a runnable command, not a hint
 
     # The retrain line really retrains the trial: same validation metric at its best epoch.

@@ -19,7 +19,7 @@ from optuna.artifacts import download_artifact, get_all_artifact_meta
 from optuna.trial import TrialState
 from test_report import ROOT, small_study
 
-from study.dashboard import ARTIFACT_FILES, artifact_dir_for, artifact_store_for, study_note
+from study.artifacts import ARTIFACT_FILES, artifact_dir_for, artifact_store_for, study_note
 
 
 def test_artifact_folder_next_to_file_storages(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ import pytest
 from test_report import _cli, small_study
 
 from study.errors import ConfigError
-from study.export import encode_time, export_model, resolve_trial, time_constants
+from study.export import encode_time, export_model, time_constants
+from study.results import resolve_trial
 
 
 def test_time_constants_reproduce_the_encoding_of_raw_timestamps() -> None:
@@ -37,7 +38,7 @@ def test_export_and_evaluate_refuse_a_study_whose_data_changed(tmp_path: Path) -
     from e2e_util import write_dataset
 
     from study.evaluate import evaluate_study
-    from study.runner import load_study_data
+    from study.results import load_study_data
 
     csv = write_dataset(tmp_path / "data.csv", n_rows=2000)
     optuna_study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")

@@ -9,6 +9,7 @@ import pytest
 
 from study import names
 from study.embeddings import EMBEDDINGS
+from study.runner import PRUNERS, SAMPLERS
 from study.towers import ACTIVATIONS, BODIES
 from study.train import OPTIMIZERS
 
@@ -20,8 +21,10 @@ from study.train import OPTIMIZERS
         (names.BODIES, BODIES),
         (names.EMBEDDINGS, EMBEDDINGS),
         (names.OPTIMIZERS, OPTIMIZERS),
+        (names.SAMPLERS, SAMPLERS),
+        (names.PRUNERS, PRUNERS),
     ],
-    ids=["activations", "bodies", "embeddings", "optimizers"],
+    ids=["activations", "bodies", "embeddings", "optimizers", "samplers", "pruners"],
 )
 def test_names_are_the_registry_keys(listed: tuple[str, ...], registry: dict) -> None:
     assert listed == tuple(registry)
@@ -32,11 +35,10 @@ def test_validating_a_run_does_not_import_tensorflow(tmp_path) -> None:
     code = (
         "import io, sys\n"
         "from study.cli import build_parser, run_settings_from_args\n"
-        "from study.runner import run_study\n"
+        "from study.runner import finish, prepare\n"
         f"argv = ['run', '--trials', '2', '--space', 'default', '--storage', 'sqlite:///{tmp_path}/s.db', '--no-test']\n"
         "settings = run_settings_from_args(build_parser().parse_args(argv))\n"
-        "run_study(settings, out=io.StringIO(), mode='prepare')\n"
-        "run_study(settings, out=io.StringIO(), mode='finish')\n"
+        "finish(prepare(settings, out=io.StringIO()), out=io.StringIO())\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

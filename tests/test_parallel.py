@@ -244,9 +244,9 @@ def test_workers_get_their_threads_and_do_not_spin(threads: str) -> None:
 _CLAIM = """
 import sys, time
 from optuna.trial import TrialState
-from study.runner import open_storage
+from study.storage import open_storage
 
-storage = open_storage(sys.argv[1], heartbeat=False)
+storage = open_storage(sys.argv[1])
 start, ids = float(sys.argv[2]), [int(i) for i in sys.argv[3].split(",")]
 while time.time() < start:
     pass
@@ -262,10 +262,10 @@ def test_concurrent_workers_claim_each_enqueued_trial_once(tmp_path: Path) -> No
 
     import optuna
 
-    from study.runner import open_storage
+    from study.storage import open_storage
 
     url = f"sqlite:///{tmp_path / 'claim.db'}"
-    study = optuna.create_study(study_name="claim", storage=open_storage(url, heartbeat=False))
+    study = optuna.create_study(study_name="claim", storage=open_storage(url))
     for i in range(20):
         study.enqueue_trial({"x": i})
     ids = [t._trial_id for t in study.get_trials(deepcopy=False)]

@@ -31,7 +31,7 @@ def _unavailable(reason: str) -> None:
 @pytest.fixture(scope="module")
 def pg() -> Any:
     """An autocommit psycopg2 connection to the test server (skip locally / fail in CI when there is none)."""
-    from study.runner import mask_url
+    from study.storage import mask_url
 
     try:
         import psycopg2
@@ -62,7 +62,7 @@ def test_a_wrong_password_is_reported_without_the_password(pg: Any) -> None:
     from urllib.parse import urlsplit
 
     from study.errors import ConfigError
-    from study.runner import open_storage
+    from study.storage import open_storage
 
     parts = urlsplit(PG_URL)
     secret = "Wr0ng-" + uuid.uuid4().hex[:10]
@@ -78,9 +78,9 @@ def test_the_start_lock_is_a_postgresql_advisory_lock_per_study(pg: Any) -> None
     from test_locks import _blocks
 
     from study.locks import StartLock
-    from study.runner import open_storage
+    from study.storage import open_storage
 
-    engines = [open_storage(_optuna_url(), heartbeat=False).engine for _ in range(3)]  # as three processes would
+    engines = [open_storage(_optuna_url()).engine for _ in range(3)]  # as three processes would
     name = f"lock-{uuid.uuid4().hex[:8]}"
     a, b = StartLock(_optuna_url(), name, engines[0]), StartLock(_optuna_url(), name, engines[1])
     other = StartLock(_optuna_url(), name + "-other", engines[2])

@@ -12,10 +12,8 @@ import yaml
 
 from study.config import ModelConfig, TrainConfig, TrialConfig
 from study.errors import SearchSpaceError
+from study.names import PROTOCOLS, PRUNERS, SAMPLERS
 from study.search_space import (
-    PROTOCOLS,
-    PRUNERS,
-    SAMPLERS,
     SearchSpace,
     available_spaces,
     baseline_params,
