@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from study.progress import format_seconds
-from study.results import metric_of, retrain_command
+from study.results import count_states, metric_of, retrain_command
 from study.storage import mask_secrets, mask_url
 
 TOP_N = 20
@@ -235,7 +235,6 @@ def collect(optuna_study: Any, storage_url: str | None = None) -> ReportData:
         optuna_study: an ``optuna.Study`` (any state: empty, all failed, single- or multi-objective).
         storage_url: shown in the report (with any password masked).
     """
-    from optuna.trial import TrialState
 
     attrs = dict(optuna_study.user_attrs)
     directions = [d.name.lower() for d in optuna_study.directions]
@@ -246,9 +245,7 @@ def collect(optuna_study: Any, storage_url: str | None = None) -> ReportData:
     study_max_epochs = attrs.get("max_epochs")
     frozen = optuna_study.get_trials(deepcopy=False)
     trials = [_summary(t, study_max_epochs) for t in frozen]
-    counts = {state.name: 0 for state in TrialState}
-    for t in trials:
-        counts[t.state] += 1
+    counts = {state.name: n for state, n in count_states(optuna_study).items()}
 
     starts = [t.datetime_start for t in frozen if t.datetime_start is not None]
     ends = [t.datetime_complete for t in frozen if t.datetime_complete is not None]
