@@ -8,6 +8,7 @@ traceback), 2 usage error (argparse), 130 interrupted by Ctrl-C; 75 only from a 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -17,10 +18,20 @@ from typing import Any
 import study  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from study.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ConfigError, StudyError
 from study.storage import DEFAULT_STORAGE
-from study.workers import DEFAULT_RECYCLE_AFTER, EXIT_RECYCLE, worker_number
+from study.workers import DEFAULT_RECYCLE_AFTER, EXIT_RECYCLE, die_with_parent, worker_number
 
 # Commands that train (and so import TensorFlow up front); the others only read a storage or a file.
 TRAINING_COMMANDS = ("train", "run", "evaluate", "export", "recommend")
+# run --jobs N above this many processes per core is refused; above one per core, warned about.
+MAX_JOBS_PER_CORE = 4
+# An error line longer than this is cut (a value quoted in it can be megabytes, e.g. a YAML of nested anchors).
+MAX_ERROR_CHARS = 1000
+
+
+def shorten(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` on one line, cut to ``limit`` characters with "…" (the start names the file/field and the fix)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def parse_duration(text: str) -> float:
@@ -243,11 +254,22 @@ def run_settings_from_args(args: argparse.Namespace) -> Any:
         raise ConfigError(f"--patience: must be >= 0, but got {args.patience}")
     if args.jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, but got {args.jobs}")
+    cores = os.cpu_count() or 1
+    if args.jobs > MAX_JOBS_PER_CORE * cores:
+        raise ConfigError(
+            f"--jobs: {args.jobs} processes on {cores} cores would spend their time competing; use at most "
+            f"{MAX_JOBS_PER_CORE * cores} here (one per core is best), or more machines on one PostgreSQL storage"
+        )
+    if args.max_embedding_mb is not None and not args.max_embedding_mb > 0:
+        raise ConfigError(f"--max-embedding-mb: must be > 0, but got {args.max_embedding_mb}")
     if args.recycle_after is not None and args.recycle_after < 0:
         raise ConfigError(f"--recycle-after: must be >= 0 (0 = never), but got {args.recycle_after}")
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise ConfigError(f"--seed: must be in [0, 2**32 - 1], but got {args.seed}")
     objectives = tuple(o.strip() for o in args.objectives.split(",") if o.strip()) if args.objectives else ()
+    repeated = sorted({o for o in objectives if objectives.count(o) > 1})
+    if repeated:
+        raise ConfigError(f"--objectives: each objective once, but {', '.join(repeated)} is given twice")
     try:
         trial_timeout = parse_duration(args.trial_timeout) if args.trial_timeout else None
     except ConfigError as exc:
@@ -297,6 +319,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if starts_workers(args):
         return _run_jobs(args)
+    die_with_parent()  # a --jobs worker ends with its parent
+    # A bad flag or space is reported before TensorFlow loads (seconds); a waiting worker reads them in prefetch.
+    settings = run_settings_from_args(args) if worker_number() is None else None
+    if not args.debug:
+        import_tensorflow_quietly()
 
     def prefetch() -> None:  # a waiting --jobs worker loads the data while its parent validates the run
         from study import data
@@ -309,7 +336,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     from study.runner import run_study
 
-    summary = run_study(run_settings_from_args(args))
+    summary = run_study(settings or run_settings_from_args(args))
     if summary.recycled:
         return EXIT_RECYCLE
     return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
@@ -327,10 +354,17 @@ def _run_jobs(args: argparse.Namespace) -> int:
     from study.workers import Workers
 
     started = time.perf_counter()
+    settings = run_settings_from_args(args)  # flags and space before any process starts
+    cores = os.cpu_count() or 1
+    if args.jobs > cores:
+        print(
+            f"warning: --jobs {args.jobs} is more than the {cores} cores here; each worker gets one thread and they "
+            "share the cores",
+            file=sys.stderr,
+        )
     workers = Workers(args.argv, args.jobs, recycle_after=recycle_after(args))
     try:
-        settings = run_settings_from_args(args)
-        run = prepare(settings)
+        run = prepare(settings)  # data and storage while the workers import TensorFlow
     except BaseException:
         workers.stop()
         raise
@@ -472,8 +506,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     try:
         serve(args.storage, host=args.host, port=args.port)
-    except KeyboardInterrupt:
-        print("dashboard stopped")
+    except KeyboardInterrupt:  # the server (bottle) usually catches Ctrl-C itself and returns
+        pass
+    print("dashboard stopped")
     return EXIT_OK
 
 
@@ -592,15 +627,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     _, handler = _COMMANDS[args.command]
     try:
-        # A --jobs parent imports TensorFlow after starting its workers.
-        parent = args.command == "run" and starts_workers(args)
-        if args.command in TRAINING_COMMANDS and not getattr(args, "debug", False) and not parent:
+        # `run` imports TensorFlow once its flags and space are checked (a --jobs parent: after its workers are done).
+        if args.command in TRAINING_COMMANDS and args.command != "run" and not getattr(args, "debug", False):
             import_tensorflow_quietly()
         return handler(args)
     except StudyError as exc:
         if getattr(args, "debug", False):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {shorten(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         if getattr(args, "debug", False):
@@ -610,5 +644,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an unexpected failure: one line unless --debug
         if getattr(args, "debug", False):
             raise
-        print(f"error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"error: {type(exc).__name__}: {shorten(str(exc))} (run again with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR

@@ -8,7 +8,8 @@ CONTRACT (other modules rely on these names):
   (item_id, title, genres) when the source has an item file (items never rated are candidates too).
 * ``split_table(table, protocol="random", *, fractions=(0.8, 0.1, 0.1), seed=42) -> Splits``
 * ``encode(splits, *, num_time_buckets=1000, max_title_tokens=10_000) -> EncodedData``
-* ``load(spec="embedded", protocol="random", ...) -> EncodedData``: all three in one go.
+* ``load(spec="embedded", protocol="random", ...) -> EncodedData``: all three in one go; refuses splits too small
+  to train on or score (``MIN_TRAIN_ROWS``, ``MIN_TRAIN_USERS``, ``MIN_TRAIN_ITEMS``, ``MIN_EVAL_ROWS``).
 
 Spec forms: ``embedded`` (MovieLens ml-latest-small shipped with the package), ``grouplens:PATH`` (a raw
 GroupLens directory: ml-100k, ml-1m/ml-10m, ml-latest(-small)/ml-20m/ml-25m/ml-32m), ``tfds:NAME`` (a
@@ -150,6 +151,13 @@ _GROUPLENS_LAYOUTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 _ML_LATEST_RATINGS = ("userId", "movieId", "rating", "timestamp")
 _ML_LATEST_MOVIES = ("movieId", "title", "genres")
 _TFDS_BATCH = 65_536
+
+# The least data ``load`` accepts (checked after splitting, before anything is trained or scored). Below these a
+# run "succeeds" with meaningless numbers (a 1-row file scored top100=0.0000), so it is refused instead.
+MIN_TRAIN_ROWS = 10  # fewer is a truncated or placeholder file, not data to tune on; low so small samples still run
+MIN_TRAIN_USERS = 2  # with one user the query tower sees a single input and can only learn a constant query
+MIN_TRAIN_ITEMS = 2  # the in-batch softmax over one distinct item has zero loss for any weights: nothing to learn
+MIN_EVAL_ROWS = 1  # validation (the objective) and test (the final score) each need a row, else metrics are 0 or NaN
 _CACHE_SIZE = 4
 _cache: OrderedDict[tuple[Any, ...], EncodedData] = OrderedDict()
 
@@ -731,6 +739,48 @@ def split_table(
     return Splits(train, valid, test, protocol, items, None if protocol == "temporal" else seed)
 
 
+def _check_splits(splits: Splits, dataset: str, fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> None:
+    """Refuse splits too small to train on or score (see ``MIN_TRAIN_ROWS`` and the other minimums).
+
+    Only counts are taken (two ``nunique`` over the training split: a few ms for 100k rows).
+
+    Args:
+        splits: from ``split_table``.
+        dataset: the data spec, named in the message.
+        fractions: the fractions ``split_table`` was given (a zero one is named as the cause of an empty split).
+
+    Raises:
+        DataError: one line naming the dataset, the counts found, the minimums and what to do.
+    """
+    train, valid, test = splits.train, splits.valid, splits.test
+    n_train, n_valid, n_test = len(train), len(valid), len(test)
+    n_users = int(train["user_id"].nunique()) if n_train else 0
+    n_items = int(train["item_id"].nunique()) if n_train else 0
+    small_train = n_train < MIN_TRAIN_ROWS or n_users < MIN_TRAIN_USERS or n_items < MIN_TRAIN_ITEMS
+    if not small_train and n_valid >= MIN_EVAL_ROWS and n_test >= MIN_EVAL_ROWS:
+        return
+    found = f"{_plural(n_train, 'training row')} ({_plural(n_users, 'user')}, {_plural(n_items, 'item')})"
+    need = (
+        f"at least {_plural(MIN_TRAIN_ROWS, 'training row')} from {MIN_TRAIN_USERS} users and {MIN_TRAIN_ITEMS} items"
+    )
+    few_ids = n_train >= MIN_TRAIN_ROWS and (n_users < MIN_TRAIN_USERS or n_items < MIN_TRAIN_ITEMS)
+    fix = "use data with more distinct users and items" if few_ids else "use a larger data set"
+    if valid is test:  # tutorial protocol: validation is the test split
+        found += f" and {_plural(n_test, 'validation/test row')}"
+        need += f", and {_plural(MIN_EVAL_ROWS, 'validation/test row')}"
+    else:
+        found += f", {_plural(n_valid, 'validation row')} and {_plural(n_test, 'test row')}"
+        need += f", and {_plural(MIN_EVAL_ROWS, 'validation row')} and {_plural(MIN_EVAL_ROWS, 'test row')}"
+        zero = [name for name, f in zip(("validation", "test"), tuple(fractions)[1:], strict=False) if float(f) <= 0]
+        if not small_train and zero:
+            fix = f"give the {' and '.join(zero)} split a non-zero fraction (fractions={tuple(fractions)!r})"
+    raise DataError(f"{dataset}: the {splits.protocol} split leaves {found}; training and scoring need {need}; {fix}")
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _table_items(table: pd.DataFrame) -> pd.DataFrame:
     """The item table of ``attrs["items"]``, or the distinct items of the interactions."""
     items = table.attrs.get("items")
@@ -935,7 +985,9 @@ def load(
         The encoded data.
 
     Raises:
-        DataError: bad source. ConfigError: bad spec form, protocol, fractions or bucket count.
+        DataError: bad source, or too little data: an empty validation or test split, or a training split with
+            fewer than ``MIN_TRAIN_ROWS`` rows, ``MIN_TRAIN_USERS`` users or ``MIN_TRAIN_ITEMS`` items.
+        ConfigError: bad spec form, protocol, fractions or bucket count.
     """
     try:
         frac_key = tuple(float(f) for f in fractions)
@@ -954,9 +1006,9 @@ def load(
         _cache.move_to_end(key)
         return _cache[key]
     table = load_table(spec, columns=columns)
-    data = encode(
-        split_table(table, protocol, fractions=fractions, seed=seed), num_time_buckets=num_time_buckets, dataset=spec
-    )
+    splits = split_table(table, protocol, fractions=fractions, seed=seed)
+    _check_splits(splits, spec, fractions)
+    data = encode(splits, num_time_buckets=num_time_buckets, dataset=spec)
     _cache[key] = data
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)

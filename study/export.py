@@ -350,6 +350,13 @@ def load_card(model_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"--model {path}: not a model export (expected {CARD} and {INDEX_DIR}/); run `python -m study export`"
         )
+    for part in (INDEX_DIR, QUERY_DIR):
+        for needed in ("saved_model.pb", "variables"):
+            if not (path / part / needed).exists():
+                raise ConfigError(
+                    f"--model {path}: {path / part / needed} is missing (an incomplete copy?); export the model again "
+                    "with `python -m study export`"
+                )
     try:
         return json.loads(card_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

@@ -41,7 +41,10 @@ def metric_k(metric: str) -> int:
     """The cut-off of a metric name such as ``top100`` / ``recall10``; unknown names raise ``ValueError``."""
     for kind in METRIC_KINDS:
         if metric.startswith(kind) and metric[len(kind) :].isdigit():
-            return int(metric[len(kind) :])
+            k = int(metric[len(kind) :])
+            if k < 1:
+                raise ValueError(f"metric {metric!r}: the cut-off k must be >= 1, but got {k}")
+            return k
     raise ValueError(f"unknown metric {metric!r}; valid metrics look like {list(METRIC_NAMES)}")
 
 

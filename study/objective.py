@@ -32,7 +32,15 @@ def objective_direction(name: str) -> str:
     """``maximize`` for a validation metric (``top100``, ``ndcg10``, …), ``minimize`` for a cost."""
     if name in COST_OBJECTIVES:
         return COST_OBJECTIVES[name]
-    metric_k(name)  # raises ValueError for an unknown name
+    try:
+        metric_k(name)
+    except ValueError as exc:
+        if "cut-off" in str(exc):
+            raise
+        raise ValueError(
+            f"unknown objective {name!r}; valid objectives are a validation metric such as top100, recall50 or "
+            f"ndcg10, or a cost: {', '.join(COST_OBJECTIVES)}"
+        ) from None
     return "maximize"
 
 

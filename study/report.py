@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from study.errors import ConfigError
 from study.progress import format_seconds
 from study.results import count_states, metric_of, retrain_command
 from study.storage import mask_secrets, mask_url
@@ -903,8 +904,14 @@ def write_report(optuna_study: Any, out: str | Path | None = None, storage_url: 
     data = collect(optuna_study, storage_url=storage_url)
     text = render_html(data, build_figures(optuna_study, data))
     path = Path(out) if out else default_out_path(optuna_study.study_name)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(
+            f"--out {path}: cannot write the report there ({exc.strerror or exc}); pass --out in a folder you can write"
+        ) from None
     return path

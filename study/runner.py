@@ -196,18 +196,38 @@ IDENTITY_KEYS = (
 )
 
 
-def check_identity(optuna_study: optuna.Study, identity: dict[str, Any], storage_url: str) -> None:
-    """Refuse to continue a study that was run on other data, another split or another space.
+def check_identity(
+    optuna_study: optuna.Study, identity: dict[str, Any], storage_url: str, given: dict[str, str] | None = None
+) -> None:
+    """Refuse to continue a study that this tool did not make, or that was run on other data, another split or
+    another space.
+
+    Args:
+        given: what the run was given, by identity key, for a message that names more than a hash (``space_path``
+            for the fingerprint, the dataset for the data hash).
 
     Raises:
         ConfigError: naming the first difference and how to start a separate study.
     """
     attrs = optuna_study.user_attrs
+    where = f"study {optuna_study.study_name!r} in {mask_url(storage_url)}"
+    if not any(key in attrs for key in IDENTITY_KEYS):
+        raise ConfigError(
+            f"{where} was not made by `python -m study run` (it records no dataset, space or data hash), so it is "
+            "left as it is; pass --study-name NEW to start a study of this tool's own"
+        )
+    stored = {
+        StudyAttr.SPACE_FINGERPRINT: attrs.get(StudyAttr.SPACE_PATH),
+        StudyAttr.DATA_HASH: attrs.get(StudyAttr.DATASET),
+    }
     for key in IDENTITY_KEYS:
         if key in attrs and attrs[key] != identity[key]:
+            detail = ""
+            if key in stored and given and key in given:
+                detail = f" (stored: {stored[key]}; given: {given[key]})"
             raise ConfigError(
-                f"study {optuna_study.study_name!r} in {mask_url(storage_url)} was run with {key}={attrs[key]!r}, "
-                f"not {identity[key]!r}; pass --study-name NEW to start a separate study"
+                f"{where} was run with {key}={attrs[key]!r}, not {identity[key]!r}{detail}; pass --study-name NEW to "
+                "start a separate study"
             )
 
 
@@ -294,7 +314,8 @@ def prepare(settings: RunSettings, out: Any = None) -> PreparedRun:
         ConfigError: a bad setting, space, dataset or storage, or a stored study of other data, space or objectives.
     """
     from study import data as data_mod
-    from study.objective import objective_direction
+    from study.names import metric_k
+    from study.objective import COST_OBJECTIVES, objective_direction
     from study.search_space import load_space
     from study.workers import sampler_seed
 
@@ -308,6 +329,14 @@ def prepare(settings: RunSettings, out: Any = None) -> PreparedRun:
     if settings.trials < 1:
         raise ConfigError(f"--trials: must be >= 1, but got {settings.trials}")
     data = data_mod.load(settings.dataset, settings.protocol)
+    for name in objectives:
+        k = metric_k(name) if name not in COST_OBJECTIVES else 0
+        if k >= data.num_items - 1:
+            flag = "--objectives" if settings.objectives else "--metric"
+            raise ConfigError(
+                f"{flag} {name}: the cut-off {k} is not below the {data.num_items - 1} items of {settings.dataset}, "
+                "so every model would score 1.0; pick a smaller k"
+            )
     max_epochs = settings.max_epochs or _space_epochs(space)
     multi = len(objectives) > 1
     try:
@@ -340,7 +369,10 @@ def prepare(settings: RunSettings, out: Any = None) -> PreparedRun:
     except KeyError:
         existed = False
     if existed:
-        check_identity(optuna_study, identity, settings.storage)
+        if not optuna_study.user_attrs and not optuna_study.get_trials(deepcopy=False):
+            time.sleep(2.0)  # a study another process created a moment ago gets its attributes next
+        given = {StudyAttr.SPACE_FINGERPRINT: space.path, StudyAttr.DATA_HASH: settings.dataset}
+        check_identity(optuna_study, identity, settings.storage, given)
         if list(optuna_study.directions) != [optuna.study.StudyDirection[d.upper()] for d in directions]:
             raise ConfigError(
                 f"study {study_name!r} optimises {[d.name.lower() for d in optuna_study.directions]}; "
@@ -399,7 +431,7 @@ def run_trials(run: PreparedRun, out: Any = None, started: float | None = None) 
     """
     from study.artifacts import with_dashboard
     from study.objective import Objective
-    from study.workers import limit_threads, worker_number
+    from study.workers import limit_threads, parent_gone, worker_number
 
     limit_threads()
     from study.train import versions  # TensorFlow is imported here: after limit_threads, before any op runs
@@ -451,6 +483,9 @@ def run_trials(run: PreparedRun, out: Any = None, started: float | None = None) 
                 # A loaded study's storage is Optuna's cache around it; this returns at once without a heartbeat.
                 optuna.storages.fail_stale_trials(optuna_study)
                 continue
+            if parent_gone():  # a --jobs worker whose parent died (where no signal told it): stop as on Ctrl-C
+                start_lock.release()
+                raise KeyboardInterrupt
             if settings.recycle_after and worker_number() and ran >= settings.recycle_after:
                 # A fresh process takes this worker's place (study.workers.Workers): TensorFlow's XLA cache never
                 # evicts, so only leaving frees what this process compiled for its trials.

@@ -861,8 +861,10 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _show(value: Any) -> str:
-    return repr(value)
+def _show(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters (a YAML of nested anchors expands to megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _jsonable(value: Any) -> Any:

@@ -33,7 +33,7 @@ SERVER_SCHEMES = ("postgresql", "postgres", "mysql")
 # ``postgresql://`` is psycopg 3 since 2.1 (``mysql://``: mysqlclient), which ``tower-study[postgres]`` does not install.
 _DRIVERS = {"postgresql": ("psycopg2", "psycopg"), "mysql": ("pymysql", "MySQLdb")}
 # ``scheme://user:password@``: a password anywhere in a text (an error line, a report cell).
-_PASSWORD_IN_TEXT = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^\s@]*@")
+_PASSWORD_IN_TEXT = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):\S*@")
 
 
 def scheme(url: str) -> str:
@@ -59,19 +59,15 @@ def storage_file(url: str) -> Path | None:
 def mask_url(url: str) -> str:
     """The URL with any password replaced by ``***`` (safe to print or store).
 
-    SQLAlchemy parses the URL, so a password holding ``/``, ``#``, ``?`` or ``@`` is masked whole.
+    The user info ends at the URL's *last* ``@``, so a password holding ``/``, ``#``, ``?`` or ``@`` is masked whole
+    (where SQLAlchemy's own parser would cut it at its first ``@`` and show the rest as the host).
     """
-    if "://" not in url or "@" not in url:
+    head, sep, rest = url.partition("://")
+    end = rest.rfind("@")
+    user, colon, _ = rest[: max(end, 0)].partition(":")
+    if not sep or end < 0 or not colon:
         return url
-    try:
-        from sqlalchemy.engine import make_url
-
-        parsed = make_url(url)
-    except Exception:  # not a URL SQLAlchemy reads: mask what looks like user:password@
-        return mask_secrets(url)
-    if parsed.password is None:
-        return url
-    return parsed.render_as_string(hide_password=True)
+    return f"{head}://{user}:***@{rest[end + 1 :]}"
 
 
 def mask_secrets(text: str) -> str:
@@ -92,6 +88,19 @@ def _check_url(url: str) -> str:
             f"--storage {shown}: unknown storage scheme {kind!r}; use sqlite:///PATH, postgresql://USER@HOST/DB, "
             "mysql+pymysql://USER@HOST/DB or journal:PATH"
         )
+    if kind == "sqlite":
+        rest = url.split(":", 1)[1]
+        if rest in ("", "//", "///", "///:memory:", "//:memory:"):
+            raise ConfigError(
+                f"--storage {shown}: an in-memory SQLite storage cannot be shared with workers or the dashboard, "
+                "nor resumed; use a file, e.g. sqlite:///study.db"
+            )
+        if not rest.startswith("///"):
+            path = rest.lstrip("/")
+            raise ConfigError(
+                f"--storage {shown}: a SQLite URL has three slashes before a relative path: write sqlite:///{path} "
+                f"(four for an absolute one: sqlite:////{path})"
+            )
     return kind
 
 
@@ -137,8 +146,8 @@ def open_storage(
             grace_period=GRACE_PERIOD,
             heartbeat_stale_trial_callback=on_stale_trial,
         )
-    if read_only:
-        kwargs["skip_table_creation"] = True
+    if read_only:  # Optuna's schema check loads alembic (~0.7 s) and would migrate; open_existing checked the table
+        kwargs.update(skip_table_creation=True, skip_compatibility_check=True)
     engine_url = _with_installed_driver(url, kind)
     try:
         storage = optuna.storages.RDBStorage(engine_url, engine_kwargs=engine, **kwargs)

@@ -37,11 +37,38 @@ DEFAULT_RECYCLE_AFTER = 50
 ENV_THREADS = "TOWER_STUDY_THREADS"
 ENV_WAIT = "TOWER_STUDY_WAIT_FOR_PARENT"
 ENV_GENERATION = "TOWER_STUDY_WORKER_GENERATION"  # 0 for the first process under a label, +1 for each replacement
+ENV_PARENT = "TOWER_STUDY_PARENT_PID"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def worker_number() -> str | None:
     """The worker label (``"1"`` … ``"N"``) when this process is a ``--jobs`` worker."""
     return os.environ.get(ENV_WORKER)
+
+
+def die_with_parent() -> None:
+    """In a ``--jobs`` worker: be sent SIGTERM when the parent process dies, even by SIGKILL.
+
+    Workers run in a session of their own (Ctrl-C reaches the parent only), so nothing else would stop them: an
+    orphaned worker would train on, and nobody would score the study on the test split. SIGTERM stops a worker as
+    Ctrl-C does (its running trial is marked FAIL). Linux's ``prctl(PR_SET_PDEATHSIG)`` does it at once; elsewhere
+    :func:`parent_gone` is checked between trials.
+    """
+    parent = os.environ.get(ENV_PARENT)
+    if not parent:
+        return
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if parent_gone():  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def parent_gone() -> bool:
+    """Whether this ``--jobs`` worker's parent has died (the worker was re-parented)."""
+    parent = os.environ.get(ENV_PARENT)
+    return bool(parent) and os.getppid() != int(parent)
 
 
 def sampler_seed(seed: int | None) -> int | None:
@@ -172,7 +199,9 @@ class Workers:
     def _start(self, i: int, wait: bool, generation: int = 0) -> tuple[subprocess.Popen, threading.Thread]:
         """Worker ``i``'s process (waiting for go when ``wait``) and the thread copying its output."""
         env = {k: v for k, v in os.environ.items() if k not in (ENV_THREADS, ENV_WAIT)}
-        env.update({ENV_WORKER: str(i), ENV_GENERATION: str(generation), "PYTHONUNBUFFERED": "1"})
+        env.update(
+            {ENV_WORKER: str(i), ENV_GENERATION: str(generation), ENV_PARENT: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        )
         if self.jobs > 1:  # one worker (--recycle-after alone) keeps TensorFlow's default threads
             env[ENV_THREADS] = str(self.threads)
         if wait:

@@ -25,6 +25,10 @@ SPACES = {
         "model:\n", "model:\n  activation: {type: categorical, choices: [relu, swish2]}\n"
     ),
     "unknown_optimizer": GOOD.replace("train:\n", "train:\n  optimizer: adamm\n"),
+    # 190 bytes of nested YAML anchors that expand to 9**5 strings: the error must not quote it whole
+    "anchor_bomb": "run:\n  protocol: [&a [x, x, x, x, x, x, x, x, x], &b [*a, *a, *a, *a, *a, *a, *a, *a, *a], "
+    "&c [*b, *b, *b, *b, *b, *b, *b, *b, *b], &d [*c, *c, *c, *c, *c, *c, *c, *c, *c], "
+    "[*d, *d, *d, *d, *d, *d, *d, *d, *d]]\n",
 }
 
 # id → (argv after `python -m study`, expected exit code, substrings of the error line).
@@ -57,6 +61,11 @@ CASES: dict[str, tuple[list[str], int, list[str]]] = {
         RUN + ["--space", "SPACE", "--dataset", "csv:NO_TS"],
         1,
         ["no_timestamp.csv", "missing column 'timestamp'", "user_id,item_id,title,genres,rating"],
+    ),
+    "one_row_csv": (
+        RUN + ["--space", "SPACE", "--dataset", "csv:ONE_ROW"],
+        1,
+        ["one_row.csv", "leaves 1 training row", "0 validation rows and 0 test rows", "at least 10 training rows"],
     ),
     "unknown_sampler": (
         RUN + ["--space", "SPACE", "--dataset", "csv:DATA", "--sampler", "tpee"],
@@ -94,8 +103,41 @@ CASES: dict[str, tuple[list[str], int, list[str]]] = {
     "unknown_objective": (
         RUN + ["--space", "SPACE", "--objectives", "top100,speed"],
         1,
-        ["--objectives", "'speed'"],
+        ["--objectives", "'speed'", "embedding_bytes", "seconds_per_epoch"],  # the cost objectives are listed too
     ),
+    "metric_top0": (RUN + ["--space", "SPACE", "--metric", "top0"], 1, ["--metric", "cut-off k must be >= 1", "got 0"]),
+    "metric_k_beyond_items": (
+        RUN + ["--space", "SPACE", "--metric", "top99999999"],
+        1,
+        ["--metric top99999999", "cut-off 99999999 is not below the", "items"],
+    ),
+    "objective_twice": (
+        RUN + ["--space", "SPACE", "--objectives", "top100,top100"],
+        1,
+        ["--objectives", "top100 is given twice"],
+    ),
+    "negative_embedding_budget": (
+        RUN + ["--space", "SPACE", "--max-embedding-mb", "-5"],
+        1,
+        ["--max-embedding-mb", "must be > 0", "got -5.0"],
+    ),
+    "absurd_jobs": (RUN + ["--space", "SPACE", "--jobs", "100000"], 1, ["--jobs", "100000 processes", "cores"]),
+    "memory_storage": (
+        RUN + ["--space", "SPACE", "--storage", "sqlite:///:memory:"],
+        1,
+        ["sqlite:///:memory:", "in-memory SQLite storage cannot be shared", "sqlite:///study.db"],
+    ),
+    "two_slash_sqlite": (
+        RUN + ["--space", "SPACE", "--storage", "sqlite://s.db"],
+        1,
+        ["--storage sqlite://s.db", "write sqlite:///s.db"],
+    ),
+    "password_with_slash": (
+        RUN + ["--space", "SPACE", "--storage", "postgresql://user:sec/ret@127.0.0.1:1/db"],
+        1,
+        ["postgresql://user:***@127.0.0.1:1/db", "cannot open storage"],
+    ),
+    "anchor_bomb": (RUN + ["--space", "SPACE"], 1, ["anchor_bomb.yaml", "run.protocol", "must be a fixed scalar", "…"]),
     "unknown_storage_scheme": (
         RUN + ["--space", "SPACE", "--dataset", "csv:DATA", "--storage", "redis://localhost/0"],
         1,
@@ -127,7 +169,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         + "\n"
     )
     assert no_ts.read_text().startswith("user_id,item_id,title,genres,rating\n")
-    out = {"DATA": data, "NO_TS": no_ts, "good": write_space(d / "good.yaml", GOOD)}
+    one_row = d / "one_row.csv"
+    one_row.write_text("\n".join(data.read_text().splitlines()[:2]) + "\n")
+    out = {"DATA": data, "NO_TS": no_ts, "ONE_ROW": one_row, "good": write_space(d / "good.yaml", GOOD)}
     for name, text in SPACES.items():
         out[name] = write_space(d / f"{name}.yaml", text)
     return out
@@ -139,7 +183,7 @@ def argv_for(case: str, files: dict[str, Path]) -> list[str]:
     out = []
     for a in args:
         a = a.replace("SPACE", str(space))
-        for key in ("DATA", "NO_TS"):
+        for key in ("DATA", "NO_TS", "ONE_ROW"):
             a = a.replace(f"csv:{key}", f"csv:{files[key]}")
         out.append(a)
     if args[0] == "run" and "--dataset" not in args:
@@ -159,6 +203,8 @@ def check_error(case: str, rc: int, out: str, err: str, cwd: Path) -> None:
         assert line.startswith("error: "), err
     for needle in needles:
         assert needle in line, f"{needle!r} not in {line!r}"
+    assert len(line) <= 1100, f"an error line of {len(line)} characters"
+    assert "sec/ret" not in out + err, "a password was printed"
     assert "--debug" not in line, "reported as an unexpected failure, not as a bad input"
     assert sorted(p.name for p in cwd.iterdir()) == [], "a failed command wrote files"
 

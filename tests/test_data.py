@@ -501,11 +501,96 @@ def test_load_embedded_is_cached_and_read_only() -> None:
     assert fresh is not data and fresh.data_hash == data.data_hash
 
 
+def write_interactions(path: Path, n: int, *, users: int = 3, items: int = 4, last_item: str | None = None) -> Path:
+    """A csv: source of ``n`` interactions, user ``u{i % users}`` rates item ``i{i % items}`` at time ``i``."""
+    lines = [f"u{i % users},i{i % items},{i}" for i in range(n)]
+    if last_item is not None:
+        lines[-1] = f"u{(n - 1) % users},{last_item},{n - 1}"
+    path.write_text("user_id,item_id,timestamp\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def test_load_reloads_an_edited_file(tmp_path: Path) -> None:
-    path = tmp_path / "x.csv"
-    path.write_text("user_id,item_id,timestamp\nu,a,1\nv,b,2\nw,c,3\n", encoding="utf-8")
-    first = D.load(f"csv:{path}", fractions=(1.0, 0.0, 0.0))
-    path.write_text("user_id,item_id,timestamp\nu,a,1\nv,b,2\nw,d,3\n", encoding="utf-8")
+    path = write_interactions(tmp_path / "x.csv", 20)
+    first = D.load(f"csv:{path}")
+    write_interactions(path, 20, last_item="d")
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
-    second = D.load(f"csv:{path}", fractions=(1.0, 0.0, 0.0))
+    second = D.load(f"csv:{path}")
     assert second is not first and "d" in second.item_vocab
+
+
+# ----------------------------------------------------------------------------------------- too little data
+
+
+def too_little(spec: str, **kwargs: object) -> str:
+    """The one-line DataError of ``load`` for data too small to train on or score."""
+    D.clear_cache()
+    with pytest.raises(DataError) as err:
+        D.load(spec, **kwargs)  # type: ignore[arg-type]
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{spec}: the ")
+    assert (
+        f"at least {D.MIN_TRAIN_ROWS} training rows from {D.MIN_TRAIN_USERS} users and {D.MIN_TRAIN_ITEMS} items"
+        in (message)
+    )
+    return message
+
+
+@pytest.mark.parametrize("protocol", ["random", "temporal", "tutorial"])
+def test_one_row_csv_is_refused(tmp_path: Path, protocol: str) -> None:
+    spec = f"csv:{write_interactions(tmp_path / 'tiny.csv', 1)}"
+    message = too_little(spec, protocol=protocol)
+    if protocol == "tutorial":  # validation is the test split
+        found = "1 training row (1 user, 1 item) and 0 validation/test rows;"
+        assert found in message and "and 1 validation/test row;" in message
+    else:
+        found = "1 training row (1 user, 1 item), 0 validation rows and 0 test rows;"
+        assert found in message and "and 1 validation row and 1 test row;" in message
+    assert f"the {protocol} split leaves " in message and message.endswith("; use a larger data set")
+
+
+def test_one_user_or_one_item_is_refused(tmp_path: Path) -> None:
+    one_user = write_interactions(tmp_path / "one_user.csv", 40, users=1, items=5)
+    message = too_little(f"csv:{one_user}")
+    assert "32 training rows (1 user, 5 items), 4 validation rows and 4 test rows;" in message
+    assert message.endswith("; use data with more distinct users and items")
+    one_item = write_interactions(tmp_path / "one_item.csv", 40, users=5, items=1)
+    assert "32 training rows (5 users, 1 item), 4 validation rows and 4 test rows;" in too_little(f"csv:{one_item}")
+
+
+def test_empty_validation_split_is_refused(fixtures_dir: Path, tmp_path: Path) -> None:
+    # the 6-rating GroupLens fixture: the default 80/10/10 split rounds to 5/0/1
+    message = too_little(f"grouplens:{fixtures_dir / 'ml-latest'}")
+    assert "5 training rows (3 users, 4 items), 0 validation rows and 1 test row;" in message
+    # enough training data, but a zero validation fraction: the message names the fraction as the cause
+    spec = f"csv:{write_interactions(tmp_path / 'x.csv', 40)}"
+    message = too_little(spec, fractions=(0.9, 0.0, 0.1))
+    assert "36 training rows (3 users, 4 items), 0 validation rows and 4 test rows;" in message
+    assert message.endswith("; give the validation split a non-zero fraction (fractions=(0.9, 0.0, 0.1))")
+
+
+def test_smallest_accepted_data(tmp_path: Path) -> None:
+    # 13 rows split 10/2/1 under the default fractions: exactly the minimums pass
+    data = D.load(f"csv:{write_interactions(tmp_path / 'x.csv', 13, users=D.MIN_TRAIN_USERS, items=2)}")
+    assert (len(data.train), len(data.valid), len(data.test)) == (D.MIN_TRAIN_ROWS, 2, 1)
+    assert np.count_nonzero(data.user_train_counts) == 2 and np.count_nonzero(data.item_train_counts) == 2
+    with pytest.raises(DataError, match="9 training rows"):
+        D.load(f"csv:{write_interactions(tmp_path / 'y.csv', 12)}", fractions=(0.75, 0.125, 0.125))
+
+
+def test_cli_run_on_a_one_row_csv_fails_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from study import cli
+
+    monkeypatch.chdir(tmp_path)
+    write_interactions(tmp_path / "tiny.csv", 1)
+    rc = cli.main(["run", "--trials", "1", "--space", "quick", "--dataset", "csv:tiny.csv"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "top100" not in out
+    assert err.strip() == "error: " + (
+        "csv:tiny.csv: the random split leaves 1 training row (1 user, 1 item), 0 validation rows and 0 test rows; "
+        f"training and scoring need at least {D.MIN_TRAIN_ROWS} training rows from {D.MIN_TRAIN_USERS} users and "
+        f"{D.MIN_TRAIN_ITEMS} items, and 1 validation row and 1 test row; use a larger data set"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.csv"]  # no study database, nothing written

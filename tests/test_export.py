@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +144,14 @@ def test_export_then_recommend_round_trips(tmp_path: Path) -> None:
     assert bare.returncode == 0, bare.stderr[-2000:]
     assert bare.stdout.split("\n")[0].split() == expected[0][:3]
     assert bare.stdout.split("\n")[1] == f"(1, {query.shape[1]})"
+
+    # An incomplete copy (the index's variables lost): one line naming the missing path, no TensorFlow error.
+    broken = tmp_path / "broken"
+    shutil.copytree(out_dir, broken)
+    shutil.rmtree(broken / "index" / "variables")
+    incomplete = _cli("recommend", "--model", str(broken), "--user", users[0])
+    assert incomplete.returncode == 1
+    assert incomplete.stderr.strip().splitlines() == [
+        f"error: --model {broken}: {broken / 'index' / 'variables'} is missing (an incomplete copy?); export the "
+        "model again with `python -m study export`"
+    ]

@@ -416,6 +416,41 @@ def test_ctrl_c_of_the_parent_stops_every_worker_cleanly(work: Path, tmp_path: P
 
 
 @pytest.mark.slow
+def test_sigkill_of_the_parent_ends_every_worker(work: Path, tmp_path: Path) -> None:
+    """``kill -9`` of the ``--jobs`` parent: its workers (in a session of their own) stop within seconds, each
+    marking its running trial FAIL, and the same command resumes the study."""
+    import optuna
+
+    db = tmp_path / "orphans.db"
+    name = "orphans"
+    argv = ["run", "--jobs", "2", "--trials", "8", "--space", str(work / "slow.yaml"), "--study-name", name]
+    argv += ["--dataset", f"csv:{work / 'data.csv'}", "--storage", f"sqlite:///{db}", "--pruner", "none", "--no-test"]
+    with Background(argv, tmp_path, "orphans") as bg:
+        [(running, _)] = wait_for(lambda: sqlite_rows(db, name), bg, mid_trial(min_finished=0), "trial mid-training")
+        pids = worker_pids(bg.stdout)
+        os.kill(bg.proc.pid, signal.SIGKILL)
+        assert bg.wait(timeout=30) == -signal.SIGKILL
+        deadline = time.monotonic() + 20
+        while [p for p in pids if _running(p)] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in pids if _running(p)], f"workers outlived their parent: {pids}"
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states, states
+    assert study.trials[running].state.name == "FAIL"
+    assert study.trials[running].user_attrs["fail_reason"] == "interrupted"
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit is reaped by whichever process adopted it, maybe not at once)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[:1] != ["Z"]
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
 def test_failing_trials_are_recorded_with_a_reason_and_the_study_goes_on(work: Path, tmp_path: Path) -> None:
     """An exception while building the model, a NaN loss and a trial past ``--trial-timeout``: each FAIL with its
     ``fail_reason`` (also printed), and the study still reaches its target."""

@@ -8,6 +8,7 @@ the test is skipped locally and FAILS in CI (``CI`` set), where the server is pa
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import uuid
@@ -17,6 +18,8 @@ from typing import Any
 import pytest
 from e2e_util import Background, cli, write_dataset, write_space
 from test_parallel import SLOW_SPACE, check_accounted, mid_trial, no_traceback, pg_rows, wait_for, worker_pids
+
+from study.config import RunSettings
 
 PG_URL = os.environ.get("TOWER_STUDY_PG_URL", "postgresql://tower:tower@127.0.0.1:55432/tower_test")
 
@@ -147,6 +150,43 @@ def test_two_workers_killed_then_resumed_account_for_every_trial(pg: Any, tmp_pa
         for number, state in finished_then.items():
             assert by_number[number].state.name == state
     finally:
+        try:
+            optuna.delete_study(study_name=name, storage=_optuna_url())
+        except KeyError:
+            pass
+
+
+def test_a_password_with_url_characters_never_shows(pg: Any, tmp_path: Path) -> None:
+    """A password holding ``/``, ``#`` and ``?`` (written unencoded, as users do): the run's first line, ``list`` and
+    the errors show it masked whole."""
+    from urllib.parse import urlsplit
+
+    import optuna
+
+    from study.runner import prepare
+
+    parts = urlsplit(PG_URL)
+    special = "to/we#r?" + uuid.uuid4().hex[:6]
+    url = f"postgresql://{parts.username}:{special}@{parts.hostname}:{parts.port}{parts.path}"
+    name = f"pg-secret-{uuid.uuid4().hex[:8]}"
+    write_dataset(tmp_path / "data.csv", n_rows=2000)
+    with pg.cursor() as cur:
+        cur.execute(f"ALTER ROLE {parts.username} PASSWORD %s", (special,))
+    try:
+        out = io.StringIO()
+        settings = RunSettings(space="quick", dataset=f"csv:{tmp_path / 'data.csv'}", storage=url, study_name=name)
+        prepare(settings, out=out)
+        listed = cli(["list", "--storage", url], cwd=tmp_path, timeout=120)
+        refused = cli(["best", "--storage", url, "--study", "nosuch"], cwd=tmp_path, timeout=120)
+        shown = f"postgresql://{parts.username}:***@{parts.hostname}:{parts.port}{parts.path}"
+        assert shown in out.getvalue(), out.getvalue()
+        assert listed.returncode == 0 and name in listed.stdout, listed.stderr
+        assert refused.returncode == 1 and shown in refused.stderr, refused.stderr
+        for text in (out.getvalue(), listed.stdout, listed.stderr, refused.stdout, refused.stderr):
+            assert special not in text and "we#r" not in text, text
+    finally:
+        with pg.cursor() as cur:
+            cur.execute(f"ALTER ROLE {parts.username} PASSWORD %s", (_password(),))
         try:
             optuna.delete_study(study_name=name, storage=_optuna_url())
         except KeyError:
