@@ -38,8 +38,15 @@ class ModelConfig:
         use_timestamp: query features include the time-bucket embedding and normalised time.
         use_title_words: candidate features include the mean title-word embedding.
         use_genres: candidate features include the mean genre embedding (when the data has genres).
-        normalize: L2-normalise both tower outputs (then logits are divided by ``temperature``).
-        temperature: softmax temperature of the retrieval loss.
+        normalize: L2-normalise both tower outputs.
+        temperature: softmax temperature of the retrieval loss: the logits are divided by it whenever it is not 1.0
+            or ``normalize`` is on (1.0 without ``normalize`` is the tutorial's unscaled dot product).
+        sampling_bias_correction: subtract ``log p`` from each in-batch candidate's logit, ``p`` being the item's
+            frequency in the training split (``tfrs.tasks.Retrieval``'s ``candidate_sampling_probability``).
+        remove_accidental_hits: in-batch negatives that are the row's own positive item count as nothing
+            (``tfrs.tasks.Retrieval(remove_accidental_hits=True)`` with the item ids as ``candidate_ids``).
+        num_hard_negatives: keep only this many highest-scoring in-batch negatives per row, plus the positive
+            (``tfrs.tasks.Retrieval(num_hard_negatives=N)``); None = every negative.
     """
 
     layers: tuple[int, ...] = (64, 32)
@@ -63,6 +70,9 @@ class ModelConfig:
     use_genres: bool = True
     normalize: bool = False
     temperature: float = 1.0
+    sampling_bias_correction: bool = False
+    remove_accidental_hits: bool = False
+    num_hard_negatives: int | None = field(default=None, metadata={"kind": int})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(u) for u in self.layers))
@@ -74,6 +84,13 @@ class ModelConfig:
             raise ConfigError(f"model.dropout: must be in [0, 1), but got {self.dropout}")
         if self.temperature <= 0:
             raise ConfigError(f"model.temperature: must be > 0, but got {self.temperature}")
+        if self.num_hard_negatives is not None and (
+            isinstance(self.num_hard_negatives, bool) or self.num_hard_negatives < 1
+        ):
+            raise ConfigError(
+                "model.num_hard_negatives: must be an int >= 1 (or null: every in-batch negative), "
+                f"but got {self.num_hard_negatives!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -164,6 +181,17 @@ def field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
+def field_type(cls: type, name: str) -> type:
+    """The type of a config field's values: its default's type, or ``metadata["kind"]`` for an optional field.
+
+    An optional field (default ``None``, e.g. ``ModelConfig.num_hard_negatives``) also takes ``None`` (YAML ``null``).
+    """
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata.get("kind") or type(f.default)
+    raise KeyError(name)
+
+
 def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     if not isinstance(values, Mapping):
         raise ConfigError(f"{where}: must be a mapping, but got {values!r}")
@@ -174,6 +202,17 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name not in values:
+            continue
+        if "kind" in f.metadata:  # optional field: None (YAML null) or a value of that kind
+            value = values[f.name]
+            if value is None or (isinstance(value, str) and value.lower() in {"null", "none"}):
+                kwargs[f.name] = None
+                continue
+            try:
+                kwargs[f.name] = _coerce(value, f.metadata["kind"](), where, f.name)
+            except ConfigError:
+                kind = f.metadata["kind"].__name__
+                raise ConfigError(f"{where}.{f.name}: must be {kind} or null, but got {value!r}") from None
             continue
         kwargs[f.name] = _coerce(
             values[f.name], f.default if f.default is not dataclasses.MISSING else None, where, f.name

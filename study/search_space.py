@@ -14,7 +14,8 @@ A space file has up to three sections::
       epochs: 20         # a bare value (a list for list-valued fields) is fixed
 
 An entry is a fixed value, ``{value: ..., when: ...}``, or an Optuna distribution: ``{type: float, low, high,
-log?, step?}``, ``{type: int, low, high, step?, log?}`` or ``{type: categorical, choices: [...]}``. ``when``
+log?, step?}``, ``{type: int, low, high, step?, log?}`` or ``{type: categorical, choices: [...]}``. An optional
+field (``num_hard_negatives``) also takes ``null``, fixed or as a choice. ``when``
 maps earlier-declared params to a value or a list of values; the entry is active only when all of them match,
 otherwise it is not suggested and the config keeps its default. Optuna param names are the leaf keys, so a key
 may appear in one section only. List-valued choices (``layers``, ``ks``) are stored as strings like ``"64-32"``.
@@ -47,7 +48,7 @@ from optuna.distributions import (
 
 import study
 from study import names
-from study.config import ModelConfig, TrainConfig, TrialConfig, field_names
+from study.config import ModelConfig, TrainConfig, TrialConfig, field_names, field_type
 from study.errors import ConfigError, SearchSpaceError
 
 RUN_KEYS: tuple[str, ...] = ("dataset", "protocol", "sampler", "pruner", "metric", "eval_every")
@@ -63,6 +64,10 @@ TUTORIAL_VALUES: dict[str, Any] = {
     "embedding": "full",
     "embedding_dim": 32,
     "normalize": False,
+    "temperature": 1.0,
+    "sampling_bias_correction": False,
+    "remove_accidental_hits": False,
+    "num_hard_negatives": None,
     "optimizer": "adagrad",
     "learning_rate": 0.1,
     "batch_size": 2048,
@@ -778,9 +783,9 @@ def _when_state(when: Mapping[str, tuple[Any, ...]], known: Mapping[str, Any], s
 def _field_kind(section: str, key: str) -> str:
     if key in TEMPLATE_KEYS:
         return "int"
-    default = getattr(_DEFAULTS[section], key)
+    kind_of = field_type(type(_DEFAULTS[section]), key)  # an optional field (default None) gives its kind
     for kind, types in (("bool", bool), ("int", int), ("float", float), ("str", str), ("list", tuple)):
-        if isinstance(default, types):
+        if issubclass(kind_of, types):
             return kind
     raise TypeError(f"unsupported config field {section}.{key}")  # pragma: no cover
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from study.config import ModelConfig, TrainConfig, TrialConfig
-from study.errors import SearchSpaceError
+from study.errors import ConfigError, SearchSpaceError
 from study.names import PROTOCOLS, PRUNERS, SAMPLERS
 from study.search_space import (
     SearchSpace,
@@ -20,6 +20,7 @@ from study.search_space import (
     config_from_params,
     load_config_file,
     load_space,
+    parse_space,
     suggest,
 )
 
@@ -306,6 +307,39 @@ BAD_SPACES: list[tuple[str, str, str]] = [
     ("eval-every-zero", "train:\n  eval_every: {value: 0}\n", "train.eval_every.value: must be >= 1"),
     ("patience-negative", "train:\n  patience: -1\n", "train.patience: must be >= 0"),
     ("ks-zero", "train:\n  ks: [0, 10]\n", "train.ks: must be positive ints"),
+    # retrieval-loss options
+    (
+        "temperature-low-zero",
+        "model:\n  temperature: {type: float, low: 0.0, high: 1.0}\n",
+        "model.temperature.low: must be > 0",
+    ),
+    ("hard-negatives-zero", "model:\n  num_hard_negatives: 0\n", "model.num_hard_negatives: must be an int >= 1"),
+    (
+        "hard-negatives-low-zero",
+        "model:\n  num_hard_negatives: {type: int, low: 0, high: 64}\n",
+        "model.num_hard_negatives.low: must be an int >= 1",
+    ),
+    (
+        "hard-negatives-choice-negative",
+        "model:\n  num_hard_negatives: {type: categorical, choices: [null, -4]}\n",
+        "model.num_hard_negatives.choices[1]: must be an int >= 1",
+    ),
+    ("hard-negatives-fraction", "model:\n  num_hard_negatives: 2.5\n", "model.num_hard_negatives: must be int or null"),
+    (
+        "hard-negatives-float-type",
+        "model:\n  num_hard_negatives: {type: float, low: 1, high: 8}\n",
+        "model.num_hard_negatives.type: must be int or categorical",
+    ),
+    (
+        "sampling-bias-not-bool",
+        "model:\n  sampling_bias_correction: maybe\n",
+        "model.sampling_bias_correction: must be bool",
+    ),
+    (
+        "accidental-hits-int-type",
+        "model:\n  remove_accidental_hits: {type: int, low: 0, high: 1}\n",
+        "model.remove_accidental_hits.type: must be categorical",
+    ),
 ]
 
 
@@ -560,6 +594,93 @@ def test_fingerprint_ignores_formatting_but_not_ranges(tmp_path: Path) -> None:
     assert load_space(str(_write(tmp_path, changed, "d.yaml"))).fingerprint() != base
     changed = original.replace("when: {optimizer: rmsprop}", "when: {optimizer: [rmsprop, adam]}")
     assert load_space(str(_write(tmp_path, changed, "e.yaml"))).fingerprint() != base
+
+
+# ------------------------------------------------------------------------------------------ retrieval-loss options
+
+LOSS_OPTIONS_FIXED = """
+model:
+  temperature: 0.2
+  sampling_bias_correction: true
+  remove_accidental_hits: yes
+  num_hard_negatives: 16
+"""
+
+LOSS_OPTIONS_SEARCHED = """
+model:
+  temperature: {type: float, low: 0.05, high: 2.0, log: true}
+  sampling_bias_correction: {type: categorical, choices: [false, true]}
+  remove_accidental_hits: {type: categorical, choices: [false, true]}
+  num_hard_negatives: {type: categorical, choices: [null, 4, 64]}
+  depth: 1
+  output_dim: 16
+"""
+
+
+def test_loss_options_fixed(tmp_path: Path) -> None:
+    model = load_config_file(str(_write(tmp_path, LOSS_OPTIONS_FIXED))).model
+    assert (model.temperature, model.sampling_bias_correction, model.remove_accidental_hits) == (0.2, True, True)
+    assert model.num_hard_negatives == 16
+    assert config_from_params(parse_space("model:\n  num_hard_negatives: null\n"), {}).model.num_hard_negatives is None
+    defaults = ModelConfig()
+    assert (defaults.temperature, defaults.sampling_bias_correction, defaults.remove_accidental_hits) == (
+        1.0,
+        False,
+        False,
+    )
+    assert defaults.num_hard_negatives is None
+
+
+def test_loss_options_as_distributions(tmp_path: Path) -> None:
+    space = load_space(str(_write(tmp_path, LOSS_OPTIONS_SEARCHED)))
+    distributions = space.distributions()
+    assert distributions["num_hard_negatives"].choices == (None, 4, 64)
+    assert distributions["sampling_bias_correction"].choices == (False, True)
+    seen = set()
+    for trial, config in _ask_many(space, 30, seed=1):
+        model = config.model
+        assert model.num_hard_negatives == trial.params["num_hard_negatives"]
+        assert model.remove_accidental_hits is trial.params["remove_accidental_hits"]
+        assert model.sampling_bias_correction is trial.params["sampling_bias_correction"]
+        assert 0.05 <= model.temperature <= 2.0
+        assert config_from_params(space, trial.params) == config
+        assert TrialConfig.from_dict(config.to_dict()) == config  # what a trial stores rebuilds it, null included
+        seen.add(model.num_hard_negatives)
+    assert seen == {None, 4, 64}
+    ranged = parse_space("model:\n  num_hard_negatives: {type: int, low: 1, high: 128, log: true}\n")
+    assert isinstance(ranged.distributions()["num_hard_negatives"], optuna.distributions.IntDistribution)
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ({"num_hard_negatives": 0}, "model.num_hard_negatives: must be an int >= 1"),
+        ({"num_hard_negatives": "many"}, "model.num_hard_negatives: must be int or null"),
+        ({"temperature": 0}, "model.temperature: must be > 0"),
+        ({"sampling_bias_correction": "sometimes"}, "model.sampling_bias_correction: must be bool"),
+        ({"remove_accidental_hits": 2}, "model.remove_accidental_hits: must be bool"),
+    ],
+)
+def test_loss_options_bad_values_are_one_config_error(model: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        TrialConfig.from_dict({"model": model})
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_baselines_pin_the_loss_options(tmp_path: Path) -> None:
+    """The tutorial uses none of the options: a space searching them admits the baselines with them off."""
+    text = "model:\n  layers: {type: categorical, choices: [[32], [64, 32], [128, 64, 32]]}\n" + "\n".join(
+        LOSS_OPTIONS_SEARCHED.splitlines()[2:6]
+    )
+    admitted, rejected = baseline_params(load_space(str(_write(tmp_path, text + "\n"))))
+    assert rejected == []
+    assert admitted[0] == {
+        "layers": "32",
+        "temperature": 1.0,
+        "sampling_bias_correction": False,
+        "remove_accidental_hits": False,
+        "num_hard_negatives": None,
+    }
 
 
 # --------------------------------------------------------------------------------------------------- baselines
