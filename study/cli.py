@@ -154,6 +154,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         data = load_study_data(optuna_study)
     else:
         data = data_mod.load(args.dataset or "embedded", args.protocol or "random")
+    if cfg.model.rating_head and not data.has_ratings:
+        raise ConfigError(
+            f"{args.config or 'model.rating_head'}: the rating head trains on ratings, but {data.dataset} has no "
+            "rating column; add a 'rating' column to the data, or set rating_head: false"
+        )
     print(
         f"data: {data.dataset} ({data.protocol} split) train={len(data.train)} valid={len(data.valid)} "
         f"test={len(data.test)} users={data.num_users - 1} items={data.num_items - 1}"
@@ -173,7 +178,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     counts = model.param_counts()
     print(f"params: {counts['total_params']:,} total, {counts['embedding_params']:,} in embedding tables")
     metric = cfg.train.metric
-    shown = [f"top{k}" for k in cfg.train.ks]
+    shown = [f"top{k}" for k in cfg.train.ks] + (["rmse"] if cfg.model.rating_head else [])
 
     def on_epoch(r: Any) -> None:
         line = f"epoch {r.epoch:>3}/{cfg.train.epochs}  loss {r.loss:10.2f}  train {r.train_seconds:5.2f}s"

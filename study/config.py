@@ -47,6 +47,12 @@ class ModelConfig:
             (``tfrs.tasks.Retrieval(remove_accidental_hits=True)`` with the item ids as ``candidate_ids``).
         num_hard_negatives: keep only this many highest-scoring in-batch negatives per row, plus the positive
             (``tfrs.tasks.Retrieval(num_hard_negatives=N)``); None = every negative.
+        rating_head: add a rating model on the concatenated query and candidate embeddings (the TFRS multi-task
+            recipe), trained with ``tfrs.tasks.Ranking`` (mean squared error) alongside retrieval; the data needs
+            ratings. Validation then also reports ``rmse``.
+        rating_layers: hidden widths of the rating head (ReLU), followed by one linear output unit.
+        rating_weight, retrieval_weight: the loss is ``rating_weight * rating_loss + retrieval_weight *
+            retrieval_loss`` (the retrieval loss is a sum over the batch, the rating loss a mean, as in TFRS).
     """
 
     layers: tuple[int, ...] = (64, 32)
@@ -73,6 +79,10 @@ class ModelConfig:
     sampling_bias_correction: bool = False
     remove_accidental_hits: bool = False
     num_hard_negatives: int | None = field(default=None, metadata={"kind": int})
+    rating_head: bool = False
+    rating_layers: tuple[int, ...] = (256, 128)
+    rating_weight: float = 1.0
+    retrieval_weight: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(u) for u in self.layers))
@@ -84,6 +94,18 @@ class ModelConfig:
             raise ConfigError(f"model.dropout: must be in [0, 1), but got {self.dropout}")
         if self.temperature <= 0:
             raise ConfigError(f"model.temperature: must be > 0, but got {self.temperature}")
+        object.__setattr__(self, "rating_layers", tuple(int(u) for u in self.rating_layers))
+        if any(u < 1 for u in self.rating_layers):
+            raise ConfigError(f"model.rating_layers: must be positive ints, but got {list(self.rating_layers)}")
+        for name in ("rating_weight", "retrieval_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"model.{name}: must be >= 0, but got {getattr(self, name)}")
+        if self.rating_head and self.rating_weight == 0 and self.retrieval_weight == 0:
+            raise ConfigError(
+                "model.rating_weight and model.retrieval_weight: at least one must be > 0, but both are 0"
+            )
+        if not self.rating_head and self.retrieval_weight == 0:
+            raise ConfigError("model.retrieval_weight: 0 trains nothing without model.rating_head: true")
         if self.num_hard_negatives is not None and (
             isinstance(self.num_hard_negatives, bool) or self.num_hard_negatives < 1
         ):

@@ -47,12 +47,15 @@ class Interactions:
         time_bucket: int32 [n], in [0, num_time_buckets] (Discretization over linspace(min, max, B)).
         time_norm: float32 [n], (timestamp - mean) / std over the training split.
         item: int32 [n], row of the candidate table (index into ``EncodedData.item_vocab``).
+        rating: float32 [n], the interaction's rating (1.0 for sources without ratings; see
+            ``EncodedData.has_ratings``).
     """
 
     user: np.ndarray
     time_bucket: np.ndarray
     time_norm: np.ndarray
     item: np.ndarray
+    rating: np.ndarray
 
     def __len__(self) -> int:
         return int(self.user.shape[0])
@@ -108,6 +111,11 @@ class EncodedData:
     def has_genres(self) -> bool:
         return len(self.genre_vocab) > 2
 
+    @property
+    def has_ratings(self) -> bool:
+        """Whether the source had a rating column (a CSV of clicks has none: its ratings are all 1.0)."""
+        return bool(self.info.get("has_ratings", True))
+
 
 @dataclass(frozen=True)
 class Splits:
@@ -121,6 +129,7 @@ class Splits:
         protocol: "random", "temporal" or "tutorial".
         items: all candidate items (item_id, title, genres), rated or not.
         seed: the permutation seed (None for the temporal protocol).
+        has_ratings: whether the source had ratings (``attrs["has_ratings"]`` of the table).
     """
 
     train: pd.DataFrame
@@ -129,6 +138,7 @@ class Splits:
     protocol: str
     items: pd.DataFrame
     seed: int | None = None
+    has_ratings: bool = True
 
 
 CANONICAL_COLUMNS = ("user_id", "item_id", "title", "timestamp", "genres", "rating")
@@ -229,6 +239,7 @@ def _assemble(ratings: pd.DataFrame, items: pd.DataFrame, *, source: str) -> pd.
         }
     )
     table.attrs["items"] = items
+    table.attrs["has_ratings"] = bool(ratings.attrs.get("has_ratings", True))
     return table
 
 
@@ -523,6 +534,7 @@ def _read_interaction_csv(path: Path, columns: Mapping[str, str]) -> tuple[pd.Da
     title = data[mapping["title"]].astype("str") if "title" in mapping else item
     genres = _split_genres(data[mapping["genres"]]) if "genres" in mapping else [[] for _ in range(len(data))]
     ratings = _ratings_frame(user, item, rating, timestamp)
+    ratings.attrs["has_ratings"] = "rating" in mapping
     items = _items_frame(item.to_numpy(dtype=object), title.to_numpy(dtype=object), genres)
     return ratings, items
 
@@ -655,7 +667,9 @@ def _tfds_arrays(ds: Any, info: Any, spec: str, *, ratings: bool) -> tuple[pd.Da
     movie = _decode(np.concatenate(columns["movie_id"]))
     timestamp = np.concatenate(columns["timestamp"]).astype(np.int64)
     rating = np.concatenate(columns["user_rating"]) if columns["user_rating"] else np.ones(n, dtype=np.float32)
-    return _ratings_frame(pd.Series(user), pd.Series(movie), rating, timestamp), items
+    frame = _ratings_frame(pd.Series(user), pd.Series(movie), rating, timestamp)
+    frame.attrs["has_ratings"] = bool(columns["user_rating"])
+    return frame, items
 
 
 # -------------------------------------------------------------------------------------------- splits
@@ -715,6 +729,7 @@ def split_table(
         if column not in table.columns:
             raise DataError(f"table: missing column '{column}'; expected columns {', '.join(CANONICAL_COLUMNS)}")
     items = _table_items(table)
+    has_ratings = bool(table.attrs.get("has_ratings", True)) and "rating" in table.columns
     n = len(table)
     n_train = int(math.floor(f_train * n + 0.5))
     n_valid = int(math.floor((f_train + f_valid) * n + 0.5)) - n_train
@@ -733,10 +748,10 @@ def split_table(
     train = take(order[:n_train])
     if protocol == "tutorial":
         test = take(order[n_train:])
-        return Splits(train, test, test, protocol, items, seed)
+        return Splits(train, test, test, protocol, items, seed, has_ratings)
     valid = take(order[n_train : n_train + n_valid])
     test = take(order[n_train + n_valid :])
-    return Splits(train, valid, test, protocol, items, None if protocol == "temporal" else seed)
+    return Splits(train, valid, test, protocol, items, None if protocol == "temporal" else seed, has_ratings)
 
 
 def _check_splits(splits: Splits, dataset: str, fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> None:
@@ -889,6 +904,11 @@ def encode(
                 ),
                 time_norm=_readonly(((ts - mean) / std).astype(np.float32)),
                 item=_readonly(np.where(item < 0, 0, item).astype(np.int32)),
+                rating=_readonly(
+                    frame["rating"].to_numpy(dtype=np.float32)
+                    if "rating" in frame.columns
+                    else np.ones(len(frame), np.float32)
+                ),
             )
         )
     train, valid, test = encoded
@@ -919,6 +939,7 @@ def encode(
         "timestamp_max": t_max,
         "time_mean": mean,
         "time_std": std,
+        "has_ratings": splits.has_ratings,
     }
     return EncodedData(
         train=train,

@@ -3,6 +3,8 @@
 Query tower: user-id embedding + time-bucket embedding + normalised time → body → ``[batch, out_dim]``.
 Candidate tower: title-id embedding + mean title-word embedding + mean genre embedding → body → ``[batch, out_dim]``.
 Candidate features are looked up from constant per-item tables, so a batch is just integer ids.
+An optional rating head (``ModelConfig.rating_head``) predicts the rating from both towers' outputs, the TFRS
+multi-task recipe: the towers are shared by ``tfrs.tasks.Retrieval`` and ``tfrs.tasks.Ranking``.
 """
 
 from __future__ import annotations
@@ -87,6 +89,36 @@ class CandidateTower(tf.keras.layers.Layer):
             parts.append(masked_mean(self.genre_embedding(genres), genres))
         out = self.body(tf.concat(parts, axis=-1), training=training)
         return tf.math.l2_normalize(out, axis=-1) if self.cfg.normalize else out
+
+
+class RatingHead(tf.keras.layers.Layer):
+    """``(query [batch, dim], candidate [batch, dim]) -> predicted rating [batch]``.
+
+    The TFRS multi-task tutorial's rating model: the two embeddings concatenated, ReLU layers of ``widths``
+    (256, 128 there), one linear unit.
+    """
+
+    def __init__(self, widths: tuple[int, ...], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.hidden = [tf.keras.layers.Dense(w, activation="relu", name=f"dense_{i}") for i, w in enumerate(widths)]
+        self.out = tf.keras.layers.Dense(1, name="rating")
+
+    def call(self, query: tf.Tensor, candidate: tf.Tensor) -> tf.Tensor:
+        x = tf.concat([query, candidate], axis=-1)
+        for layer in self.hidden:
+            x = layer(x)
+        return tf.squeeze(self.out(x), axis=-1)
+
+
+def rating_loss(predictions: tf.Tensor, ratings: tf.Tensor) -> tf.Tensor:
+    """Mean squared error over the batch: ``tfrs.tasks.Ranking(loss=MeanSquaredError())``'s value (its reduction is
+    the mean over the batch, while the retrieval loss is a sum).
+
+    Args:
+        predictions: ``[batch]``.
+        ratings: ``[batch]``.
+    """
+    return tf.reduce_mean(tf.square(tf.cast(ratings, predictions.dtype) - predictions))
 
 
 #: Offset of a column that holds no negative (as the padding of the folded unique axis): its ``exp`` is exactly 0,
@@ -255,6 +287,10 @@ class TwoTowerModel(tfrs.models.Model):
     With ``cfg.sampling_bias_correction`` the sampling probability of every item is its frequency in the training
     split (``item_train_counts / rows``), held as one constant ``[num_items]`` tensor built here, once per model;
     each step gathers the probabilities of its candidates from it by item index.
+
+    With ``cfg.rating_head`` a :class:`RatingHead` on the two towers' outputs is trained with
+    ``tfrs.tasks.Ranking`` (mean squared error) too, and the loss is ``rating_weight * rating + retrieval_weight *
+    retrieval``; with ``retrieval_weight`` 0 the retrieval loss is not computed at all.
     """
 
     def __init__(self, cfg: ModelConfig, data: EncodedData) -> None:
@@ -275,11 +311,31 @@ class TwoTowerModel(tfrs.models.Model):
             num_hard_negatives=self.num_hard_negatives,
             remove_accidental_hits=self.remove_accidental_hits,
         )
+        self.rating_model: RatingHead | None = None
+        self.rating_weight = cfg.rating_weight
+        self.retrieval_weight = cfg.retrieval_weight if cfg.rating_head else 1.0
+        if cfg.rating_head:
+            self.rating_model = RatingHead(cfg.rating_layers, name="rating_head")
+            self.rating_task = tfrs.tasks.Ranking(
+                loss=tf.keras.losses.MeanSquaredError(), metrics=[tf.keras.metrics.RootMeanSquaredError()]
+            )
         # Build every weight now so counts and optimizer slots exist before training.
-        self.query_tower(
+        query = self.query_tower(
             {"user": tf.zeros([1], tf.int32), "time_bucket": tf.zeros([1], tf.int32), "time_norm": tf.zeros([1])}
         )
-        self.candidate_tower(tf.zeros([1], tf.int32))
+        candidate = self.candidate_tower(tf.zeros([1], tf.int32))
+        if self.rating_model is not None:
+            self.rating_model(query, candidate)
+
+    def _combine(self, retrieval: tf.Tensor | None, query: tf.Tensor, candidate: tf.Tensor, ratings: tf.Tensor):
+        """``retrieval_weight * retrieval + rating_weight * MSE`` (just ``retrieval`` without a rating head).
+
+        ``candidate`` is ``[batch, dim]``, row i the candidate of query row i.
+        """
+        if self.rating_model is None:
+            return retrieval
+        rating = self.rating_weight * rating_loss(self.rating_model(query, candidate), ratings)
+        return rating if retrieval is None else self.retrieval_weight * retrieval + rating
 
     def _probability(self, items: tf.Tensor) -> tf.Tensor | None:
         return None if self.sampling_probability is None else tf.gather(self.sampling_probability, items)
@@ -287,26 +343,37 @@ class TwoTowerModel(tfrs.models.Model):
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         query = self.query_tower(features, training=training)
         candidate = self.candidate_tower(features["item"], training=training)
-        return self.task(
+        retrieval = self.task(
             query,
             candidate,
             candidate_sampling_probability=self._probability(features["item"]),
             candidate_ids=features["item"],
             compute_metrics=not training,
         )
+        if self.rating_model is None:
+            return retrieval
+        rating = self.rating_task(
+            labels=features["rating"],
+            predictions=self.rating_model(query, candidate),
+            compute_metrics=not training,
+        )
+        return self.retrieval_weight * retrieval + self.rating_weight * rating
 
     def batch_loss(self, features: dict[str, tf.Tensor], training: bool = True) -> tf.Tensor:
         """The fast trainer's loss: same value as ``compute_loss`` (see :func:`in_batch_softmax_loss`)."""
         query = self.query_tower(features, training=training)
         candidate = self.candidate_tower(features["item"], training=training)
-        return in_batch_softmax_loss(
-            query,
-            candidate,
-            self.temperature,
-            candidate_sampling_probability=self._probability(features["item"]),
-            candidate_ids=features["item"] if self.remove_accidental_hits else None,
-            num_hard_negatives=self.num_hard_negatives,
-        )
+        retrieval = None
+        if self.retrieval_weight:
+            retrieval = in_batch_softmax_loss(
+                query,
+                candidate,
+                self.temperature,
+                candidate_sampling_probability=self._probability(features["item"]),
+                candidate_ids=features["item"] if self.remove_accidental_hits else None,
+                num_hard_negatives=self.num_hard_negatives,
+            )
+        return self._combine(retrieval, query, candidate, features.get("rating"))
 
     def folded_batch_loss(
         self, features: dict[str, tf.Tensor], unique_items: tf.Tensor, log_counts: tf.Tensor, positions: tf.Tensor
@@ -314,16 +381,21 @@ class TwoTowerModel(tfrs.models.Model):
         """Same value and gradients as :meth:`batch_loss`, with duplicate items folded (:func:`folded_softmax_loss`)."""
         query = self.query_tower(features, training=True)
         candidates = self.candidate_tower(unique_items, training=True)
-        return folded_softmax_loss(
-            query,
-            candidates,
-            log_counts,
-            positions,
-            self.temperature,
-            candidate_sampling_probability=self._probability(unique_items),
-            remove_accidental_hits=self.remove_accidental_hits,
-            num_hard_negatives=self.num_hard_negatives,
-        )
+        retrieval = None
+        if self.retrieval_weight:
+            retrieval = folded_softmax_loss(
+                query,
+                candidates,
+                log_counts,
+                positions,
+                self.temperature,
+                candidate_sampling_probability=self._probability(unique_items),
+                remove_accidental_hits=self.remove_accidental_hits,
+                num_hard_negatives=self.num_hard_negatives,
+            )
+        if self.rating_model is None:
+            return retrieval
+        return self._combine(retrieval, query, tf.gather(candidates, positions), features.get("rating"))
 
     def param_counts(self) -> dict[str, int]:
         """Trainable parameters: ``total_params``, ``embedding_params`` (id + feature tables), ``embedding_bytes``."""

@@ -24,6 +24,9 @@ PRUNERS: tuple[str, ...] = ("hyperband", "median", "successive-halving", "none")
 PROTOCOLS: tuple[str, ...] = ("random", "temporal", "tutorial")
 METRIC_KINDS: tuple[str, ...] = ("top", "recall", "ndcg")
 METRIC_NAMES: tuple[str, ...] = tuple(f"{kind}{k}" for kind in METRIC_KINDS for k in ALL_KS)
+#: Validation metrics of the rating head (``model.rating_head``), lower is better. Unlike the top-k metrics they have
+#: no cut-off.
+RATING_METRICS: tuple[str, ...] = ("rmse",)
 
 # config field → the names it may take
 FIELDS: dict[str, tuple[str, ...]] = {
@@ -31,7 +34,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "body": BODIES,
     "embedding": EMBEDDINGS,
     "optimizer": OPTIMIZERS,
-    "metric": METRIC_NAMES,
+    "metric": (*METRIC_NAMES, *RATING_METRICS),
     "qr_combiner": QR_COMBINERS,
     "cross_structure": CROSS_STRUCTURES,
 }
@@ -45,7 +48,25 @@ def metric_k(metric: str) -> int:
             if k < 1:
                 raise ValueError(f"metric {metric!r}: the cut-off k must be >= 1, but got {k}")
             return k
-    raise ValueError(f"unknown metric {metric!r}; valid metrics look like {list(METRIC_NAMES)}")
+    raise ValueError(f"unknown metric {metric!r}; valid metrics look like {list(METRIC_NAMES)} or rmse")
+
+
+def check_metric(metric: str) -> None:
+    """Raise ``ValueError`` unless ``metric`` is a top-k metric (``top100``, ``ndcg10``, …) or ``rmse``."""
+    if metric not in RATING_METRICS:
+        metric_k(metric)
+
+
+def metric_direction(metric: str) -> str:
+    """``minimize`` for ``rmse``, ``maximize`` for the top-k metrics; unknown names raise ``ValueError``."""
+    check_metric(metric)
+    return "minimize" if metric in RATING_METRICS else "maximize"
+
+
+def metric_cutoff(metric: str) -> int | None:
+    """The cut-off k of a top-k metric, ``None`` for ``rmse``; unknown names raise ``ValueError``."""
+    check_metric(metric)
+    return None if metric in RATING_METRICS else metric_k(metric)
 
 
 # --------------------------------------------------------------------------------------------- stored names
@@ -61,6 +82,7 @@ class TrialAttr:
     MAX_EPOCHS = "max_epochs"
     LEARNING_CURVE = "learning_curve"
     LOSS_CURVE = "loss_curve"
+    CURVES = "curves"
     EPOCHS_RUN = "epochs_run"
     SECONDS = "seconds"
     SECONDS_PER_EPOCH = "seconds_per_epoch"
@@ -115,6 +137,7 @@ TRIAL_ATTRS: dict[str, str] = {
     TrialAttr.MAX_EPOCHS: "epochs it would run if never pruned",
     TrialAttr.LEARNING_CURVE: "[[epoch, validation metric], …]",
     TrialAttr.LOSS_CURVE: "[[epoch, training loss], …]",
+    TrialAttr.CURVES: "with a rating head: {'top100': [[epoch, value], …], 'rmse': [[epoch, value], …]}",
     TrialAttr.EPOCHS_RUN: "epochs trained",
     TrialAttr.SECONDS: "wall seconds of the trial",
     TrialAttr.SECONDS_PER_EPOCH: "median training seconds per epoch (the first epoch, which compiles, left out)",

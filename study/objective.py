@@ -13,8 +13,8 @@ import optuna
 
 from study.config import RunSettings, TrialConfig
 from study.data import EncodedData
-from study.errors import NonFiniteLossError, StudyError
-from study.names import TrialAttr, metric_k
+from study.errors import ConfigError, NonFiniteLossError, StudyError
+from study.names import RATING_METRICS, TrialAttr, metric_direction
 from study.search_space import SearchSpace, suggest
 
 # Objectives a (multi-objective) study can optimise besides the validation metrics, and their directions.
@@ -29,19 +29,47 @@ COST_OBJECTIVES: dict[str, str] = {
 
 
 def objective_direction(name: str) -> str:
-    """``maximize`` for a validation metric (``top100``, ``ndcg10``, …), ``minimize`` for a cost."""
+    """``maximize`` for a top-k validation metric (``top100``, ``ndcg10``, …), ``minimize`` for ``rmse`` and costs."""
     if name in COST_OBJECTIVES:
         return COST_OBJECTIVES[name]
     try:
-        metric_k(name)
+        return metric_direction(name)
     except ValueError as exc:
         if "cut-off" in str(exc):
             raise
         raise ValueError(
-            f"unknown objective {name!r}; valid objectives are a validation metric such as top100, recall50 or "
-            f"ndcg10, or a cost: {', '.join(COST_OBJECTIVES)}"
+            f"unknown objective {name!r}; valid objectives are a validation metric such as top100, recall50, "
+            f"ndcg10 or rmse (with a rating head), or a cost: {', '.join(COST_OBJECTIVES)}"
         ) from None
-    return "maximize"
+
+
+def check_rating_head(space: SearchSpace, data: EncodedData, settings: RunSettings) -> None:
+    """Refuse a run whose rating head cannot work, before anything is stored.
+
+    Raises:
+        ConfigError: the space may sample ``model.rating_head: true`` but the data has no ratings, or ``rmse`` is
+            the metric or an objective while the space does not fix ``rating_head: true``.
+    """
+    entry = space.entry("rating_head")
+    if entry is None:
+        may, always = False, False
+    elif entry.distribution is None:
+        may, always = bool(entry.value), bool(entry.value) and not entry.when
+    else:
+        choices = getattr(entry.distribution, "choices", ())
+        may, always = True in choices, False
+    if may and not data.has_ratings:
+        raise ConfigError(
+            f"{space.path}: model.rating_head: the rating head trains on ratings, but {data.dataset} has no rating "
+            "column; add a 'rating' column to the data, or set rating_head: false"
+        )
+    flag = "--objectives" if settings.objectives else "--metric"
+    for name in settings.objectives or (settings.metric,):
+        if name in RATING_METRICS and not always:
+            raise ConfigError(
+                f"{flag} {name}: scores the rating head, but {space.path} does not fix model.rating_head: true; "
+                "use --space multitask or a space with rating_head: true"
+            )
 
 
 class TrialTimeoutError(StudyError):
@@ -127,11 +155,15 @@ class Objective:
         trainer = Trainer(model, self.data, cfg.train)
         curve: list[list[float]] = []
         losses: list[list[float]] = []
+        # with a rating head, both the top-100 and the RMSE curve (the report draws both)
+        curves: dict[str, list[list[float]]] | None = {"top100": [], "rmse": []} if cfg.model.rating_head else None
         state: dict[str, Any] = {}
 
         def record(result: Any, pruned_at: int | None = None) -> None:
             trial.set_user_attr(TrialAttr.LEARNING_CURVE, curve)
             trial.set_user_attr(TrialAttr.LOSS_CURVE, losses)
+            if curves is not None:
+                trial.set_user_attr(TrialAttr.CURVES, curves)
             trial.set_user_attr(TrialAttr.EPOCHS_RUN, len(losses))
             trial.set_user_attr(TrialAttr.SECONDS, round(time.perf_counter() - start, 3))
             epoch_times = [h.train_seconds for h in result.history[1:]] or [h.train_seconds for h in result.history]
@@ -155,6 +187,10 @@ class Objective:
                 return False
             value = epoch_result.metrics[metric]
             curve.append([epoch_result.epoch, round(value, 6)])
+            if curves is not None:
+                for name, points in curves.items():
+                    if name in epoch_result.metrics:
+                        points.append([epoch_result.epoch, round(epoch_result.metrics[name], 6)])
             if self.on_epoch is not None:
                 self.on_epoch(trial, epoch_result)
             if multi:

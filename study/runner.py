@@ -314,8 +314,8 @@ def prepare(settings: RunSettings, out: Any = None) -> PreparedRun:
         ConfigError: a bad setting, space, dataset or storage, or a stored study of other data, space or objectives.
     """
     from study import data as data_mod
-    from study.names import metric_k
-    from study.objective import COST_OBJECTIVES, objective_direction
+    from study.names import metric_cutoff
+    from study.objective import COST_OBJECTIVES, check_rating_head, objective_direction
     from study.search_space import load_space
     from study.workers import sampler_seed
 
@@ -330,13 +330,14 @@ def prepare(settings: RunSettings, out: Any = None) -> PreparedRun:
         raise ConfigError(f"--trials: must be >= 1, but got {settings.trials}")
     data = data_mod.load(settings.dataset, settings.protocol)
     for name in objectives:
-        k = metric_k(name) if name not in COST_OBJECTIVES else 0
+        k = (metric_cutoff(name) or 0) if name not in COST_OBJECTIVES else 0
         if k >= data.num_items - 1:
             flag = "--objectives" if settings.objectives else "--metric"
             raise ConfigError(
                 f"{flag} {name}: the cut-off {k} is not below the {data.num_items - 1} items of {settings.dataset}, "
                 "so every model would score 1.0; pick a smaller k"
             )
+    check_rating_head(space, data, settings)
     max_epochs = settings.max_epochs or _space_epochs(space)
     multi = len(objectives) > 1
     try:

@@ -22,7 +22,15 @@ from study.config import ALL_KS, TrainConfig, TrialConfig
 from study.data import EncodedData, Interactions
 from study.errors import NonFiniteLossError
 from study.model import TwoTowerModel
-from study.names import METRIC_KINDS, METRIC_NAMES, metric_k  # noqa: F401  (also re-exported here)
+from study.names import (  # noqa: F401  (also re-exported here)
+    METRIC_KINDS,
+    METRIC_NAMES,
+    RATING_METRICS,
+    check_metric,
+    metric_cutoff,
+    metric_direction,
+    metric_k,
+)
 
 OPTIMIZERS: dict[str, Callable[[TrainConfig], tf.keras.optimizers.Optimizer]] = {
     "adagrad": lambda c: tf.keras.optimizers.Adagrad(learning_rate=c.learning_rate),
@@ -48,7 +56,13 @@ def build_optimizer(cfg: TrainConfig) -> tf.keras.optimizers.Optimizer:
 
 
 def _features(split: Interactions) -> dict[str, np.ndarray]:
-    return {"user": split.user, "time_bucket": split.time_bucket, "time_norm": split.time_norm, "item": split.item}
+    return {
+        "user": split.user,
+        "time_bucket": split.time_bucket,
+        "time_norm": split.time_norm,
+        "item": split.item,
+        "rating": split.rating,
+    }
 
 
 def _ranks_of(query: tf.Tensor, candidates: tf.Tensor, item: tf.Tensor) -> tf.Tensor:
@@ -74,12 +88,22 @@ _ranks_xla = tf.function(_ranks_of, jit_compile=True, input_signature=_RANK_SIGN
 _ranks_graph = tf.function(_ranks_of, input_signature=_RANK_SIGNATURE)
 
 
+def rmse(predictions: np.ndarray, ratings: np.ndarray) -> float:
+    """Root mean squared error of predicted against true ratings (``[n]`` each); NaN for no rows."""
+    if len(ratings) == 0:
+        return float("nan")
+    diff = np.asarray(predictions, np.float64) - np.asarray(ratings, np.float64)
+    return float(np.sqrt(np.mean(diff * diff)))
+
+
 class Evaluator:
     """Exact ranks of the true items among all candidates (row 0, the OOV item, is never a candidate).
 
     ``rank`` = number of other candidates scoring higher than or equal to the true item, from one matmul, so the true
     item is scored exactly like every other candidate (``tfrs.metrics.FactorizedTopK`` scores it separately, so rounding can
     put it below its own copy). Top-k accuracy is ``mean(rank < k)``, FactorizedTopK's definition.
+
+    A model with a rating head is also scored on its rating predictions (``rmse``), from the same query embeddings.
     """
 
     def __init__(self, model: TwoTowerModel, chunk: int = 4096, jit: bool = True) -> None:
@@ -90,23 +114,31 @@ class Evaluator:
             "time_bucket": tf.TensorSpec([None], tf.int32),
             "time_norm": tf.TensorSpec([None], tf.float32),
             "item": tf.TensorSpec([None], tf.int32),
+            "rating": tf.TensorSpec([None], tf.float32),
         }
 
         @tf.function(input_signature=[spec])
         def _queries(features: dict[str, tf.Tensor]) -> tf.Tensor:
             return model.query_tower(features, training=False)  # [chunk, dim]
 
-        rank_fn = _ranks_xla if jit else _ranks_graph
+        head = getattr(model, "rating_model", None)
+        self._predict_fn = None
+        if head is not None:
 
-        def _ranks(features: dict[str, tf.Tensor], candidates: tf.Tensor) -> tf.Tensor:
-            return rank_fn(_queries(features), candidates, features["item"])
+            @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32)] * 2 + [_RANK_SIGNATURE[2]])
+            def _predict(queries: tf.Tensor, candidates: tf.Tensor, item: tf.Tensor) -> tf.Tensor:
+                # row i of ``candidates`` is item i + 1; item 0 (unknown) never occurs in a split
+                return head(queries, tf.gather(candidates, tf.maximum(item - 1, 0)))  # [chunk]
+
+            self._predict_fn = _predict
+
+        self._rank_fn = _ranks_xla if jit else _ranks_graph
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
         def _candidates(items: tf.Tensor) -> tf.Tensor:
             return model.candidate_tower(items, training=False)
 
         self._queries_fn = _queries
-        self._ranks_fn = _ranks
         self._candidates_fn = _candidates
 
     def candidate_embeddings(self) -> tf.Tensor:
@@ -114,27 +146,40 @@ class Evaluator:
         return self._candidates_fn(tf.range(1, self.model.num_items, dtype=tf.int32))
 
     def ranks(self, split: Interactions) -> np.ndarray:
-        """int [n]: 0-based rank of each interaction's true item among all candidates.
+        """int [n]: 0-based rank of each interaction's true item among all candidates."""
+        return self.score(split)[0]
+
+    def score(self, split: Interactions) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(ranks int [n], predicted ratings float [n] or None without a rating head)``.
 
         Every chunk has the same shape (the last one is padded with copies of its last row, cut off after), so the
         query tower traces once per model and the XLA-compiled rank function compiles once per shape in the process.
         """
         n = len(split)
         if n == 0:
-            return np.zeros([0], np.int32)
+            return np.zeros([0], np.int32), (None if self._predict_fn is None else np.zeros([0], np.float32))
         candidates = self.candidate_embeddings()
         size = min(self.chunk, n)
         padded = -(-n // size) * size
         feats = {k: np.pad(v, (0, padded - n), mode="edge") for k, v in _features(split).items()}
-        out = [
-            self._ranks_fn({k: tf.constant(v[start : start + size]) for k, v in feats.items()}, candidates).numpy()
-            for start in range(0, padded, size)
-        ]
-        return np.concatenate(out)[:n]
+        ranks, predictions = [], []
+        for start in range(0, padded, size):
+            chunk = {k: tf.constant(v[start : start + size]) for k, v in feats.items()}
+            queries = self._queries_fn(chunk)
+            ranks.append(self._rank_fn(queries, candidates, chunk["item"]).numpy())
+            if self._predict_fn is not None:
+                predictions.append(self._predict_fn(queries, candidates, chunk["item"]).numpy())
+        rated = np.concatenate(predictions)[:n] if predictions else None
+        return np.concatenate(ranks)[:n], rated
 
     def evaluate(self, split: Interactions, ks: tuple[int, ...] = ALL_KS) -> dict[str, float]:
-        """Top-k accuracy, recall@k and NDCG@k for each k (see :func:`metrics_from_ranks`)."""
-        return metrics_from_ranks(self.ranks(split), split.user, ks)
+        """Top-k accuracy, recall@k and NDCG@k for each k (see :func:`metrics_from_ranks`), and ``rmse`` of the
+        rating head's predictions when the model has one."""
+        ranks, predictions = self.score(split)
+        metrics = metrics_from_ranks(ranks, split.user, ks)
+        if predictions is not None:
+            metrics["rmse"] = rmse(predictions, split.rating)
+        return metrics
 
 
 def metrics_from_ranks(ranks: np.ndarray, users: np.ndarray, ks: tuple[int, ...] = ALL_KS) -> dict[str, float]:
@@ -336,10 +381,13 @@ class Trainer:
         """
         cfg = self.cfg
         metric = metric or cfg.metric
-        metric_k(metric)
+        cutoff = metric_cutoff(metric)
+        if cutoff is None and getattr(self.model, "rating_model", None) is None:
+            raise ValueError(f"metric {metric!r} needs a model with a rating head (model.rating_head: true)")
+        lower_is_better = metric_direction(metric) == "minimize"
         eval_split = self.data.valid if eval_split is None else eval_split
         evaluator = Evaluator(self.model, jit=self.cfg.jit)
-        ks = tuple(sorted(set(cfg.ks) | {metric_k(metric)}))
+        ks = tuple(sorted(set(cfg.ks) | ({cutoff} if cutoff else set())))
         result = TrainResult(param_counts=self.model.param_counts())
         self.result = result  # readable after an exception raised by the callback (e.g. pruning)
         since_best = 0
@@ -361,7 +409,8 @@ class Trainer:
                 record.metrics = evaluator.evaluate(eval_split, ks)
                 record.eval_seconds = time.perf_counter() - t1
                 value = record.metrics[metric]
-                if not result.best_metrics or value > result.best_value:
+                better = value < result.best_value if lower_is_better else value > result.best_value
+                if not result.best_metrics or better:
                     result.best_value, result.best_epoch, result.best_metrics = value, epoch, dict(record.metrics)
                     since_best = 0
                 else:
@@ -465,6 +514,11 @@ def validate_config(cfg: TrialConfig) -> None:
             if value not in valid:
                 raise ConfigError(f"{section}.{key}: unknown name {value!r}; valid names are {sorted(valid)}")
     try:
-        metric_k(cfg.train.metric)
+        check_metric(cfg.train.metric)
     except ValueError as exc:
         raise ConfigError(f"train.metric: {exc}") from None
+    if cfg.train.metric in RATING_METRICS and not cfg.model.rating_head:
+        raise ConfigError(
+            f"train.metric: {cfg.train.metric} scores the rating head, but model.rating_head is false; "
+            "set model.rating_head: true or pick a top-k metric such as top100"
+        )

@@ -26,6 +26,7 @@ SPACES = {
     ),
     "unknown_optimizer": GOOD.replace("train:\n", "train:\n  optimizer: adamm\n"),
     # 190 bytes of nested YAML anchors that expand to 9**5 strings: the error must not quote it whole
+    "negative_rating_weight": GOOD.replace("model:\n", "model:\n  rating_head: true\n  rating_weight: -1.0\n"),
     "anchor_bomb": "run:\n  protocol: [&a [x, x, x, x, x, x, x, x, x], &b [*a, *a, *a, *a, *a, *a, *a, *a, *a], "
     "&c [*b, *b, *b, *b, *b, *b, *b, *b, *b], &d [*c, *c, *c, *c, *c, *c, *c, *c, *c], "
     "[*d, *d, *d, *d, *d, *d, *d, *d, *d]]\n",
@@ -150,6 +151,31 @@ CASES: dict[str, tuple[list[str], int, list[str]]] = {
     ),
     "best_missing_db": (["best", "--storage", "sqlite:///missing.db"], 1, ["sqlite:///missing.db", "no such file"]),
     "list_missing_db": (["list", "--storage", "sqlite:///missing.db"], 1, ["sqlite:///missing.db", "no such file"]),
+    "rating_head_without_ratings": (
+        RUN + ["--space", "multitask", "--dataset", "csv:CLICKS"],
+        1,
+        ["multitask.yaml", "model.rating_head", "clicks.csv has no rating column", "add a 'rating' column"],
+    ),
+    "train_rating_head_without_ratings": (
+        ["train", "--config", "MT_CONFIG", "--dataset", "csv:CLICKS", "--epochs", "1"],
+        1,
+        ["rating_head.yaml", "clicks.csv has no rating column", "add a 'rating' column"],
+    ),
+    "rmse_without_rating_head": (
+        RUN + ["--space", "SPACE", "--metric", "rmse"],
+        1,
+        ["--metric rmse", "scores the rating head", "does not fix model.rating_head: true", "--space multitask"],
+    ),
+    "rmse_objective_without_rating_head": (
+        RUN + ["--space", "SPACE", "--objectives", "top100,rmse"],
+        1,
+        ["--objectives rmse", "does not fix model.rating_head: true"],
+    ),
+    "negative_rating_weight": (
+        RUN + ["--space", "SPACE"],
+        1,
+        ["negative_rating_weight.yaml", "model.rating_weight", "must be >= 0", "-1.0"],
+    ),
     "trials_not_an_int": (["run", "--trials", "many"], 2, ["error: argument --trials", "invalid int value: 'many'"]),
     "unknown_command": (["fly"], 2, ["error: argument COMMAND", "invalid choice: 'fly'"]),
 }
@@ -171,7 +197,18 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert no_ts.read_text().startswith("user_id,item_id,title,genres,rating\n")
     one_row = d / "one_row.csv"
     one_row.write_text("\n".join(data.read_text().splitlines()[:2]) + "\n")
-    out = {"DATA": data, "NO_TS": no_ts, "ONE_ROW": one_row, "good": write_space(d / "good.yaml", GOOD)}
+    clicks = d / "clicks.csv"  # interactions without a rating column
+    clicks.write_text("".join(line.rsplit(",", 1)[0] + "\n" for line in data.read_text().splitlines()))
+    assert clicks.read_text().startswith("user_id,item_id,title,timestamp,genres\n")
+    mt_config = write_space(d / "rating_head.yaml", "model:\n  rating_head: true\n")
+    out = {
+        "DATA": data,
+        "NO_TS": no_ts,
+        "ONE_ROW": one_row,
+        "CLICKS": clicks,
+        "MT_CONFIG": mt_config,
+        "good": write_space(d / "good.yaml", GOOD),
+    }
     for name, text in SPACES.items():
         out[name] = write_space(d / f"{name}.yaml", text)
     return out
@@ -183,8 +220,9 @@ def argv_for(case: str, files: dict[str, Path]) -> list[str]:
     out = []
     for a in args:
         a = a.replace("SPACE", str(space))
-        for key in ("DATA", "NO_TS", "ONE_ROW"):
+        for key in ("DATA", "NO_TS", "ONE_ROW", "CLICKS"):
             a = a.replace(f"csv:{key}", f"csv:{files[key]}")
+        a = a.replace("MT_CONFIG", str(files["MT_CONFIG"]))
         out.append(a)
     if args[0] == "run" and "--dataset" not in args:
         out += ["--dataset", f"csv:{files['DATA']}"]

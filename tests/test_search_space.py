@@ -27,7 +27,7 @@ from study.search_space import (
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED = ("default", "tutorial", "quick", "memory", "losses")
+SHIPPED = ("default", "tutorial", "quick", "memory", "losses", "multitask")
 
 # A valid base the bad snippets below are appended to / stand alone.
 OPTIMIZERS = "  optimizer: {type: categorical, choices: [adam, sgd]}\n"
