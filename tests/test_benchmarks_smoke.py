@@ -99,3 +99,43 @@ def test_recycle_benchmark_runs_and_reports() -> None:
         m.groups() for line in lines if (m := re.match(r"^--recycle-after (\d+): 3 trials in .* by (\d+) worker", line))
     ]
     assert runs == [("0", "1"), ("1", "3")], proc.stdout
+
+
+@pytest.mark.slow
+def test_search_quality_benchmark_runs_and_reports(tmp_path: Path) -> None:
+    """benchmarks/search_quality.py on 2 one-epoch trials per study, one seed, a small synthetic CSV: both spaces run
+    with the same seed (base first), each stores a test top-100, and the last line holds both means and their ratio."""
+    from e2e_util import write_dataset
+
+    data = write_dataset(tmp_path / "interactions.csv", n_rows=3000)
+    proc = run_benchmark(
+        "search_quality.py", "--trials", "2", "--seeds", "1", "--dataset", f"csv:{data}", "--", "--max-epochs", "1"
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    match = re.match(
+        r"^search_quality: base=(\d\.\d{4})±(nan|\d\.\d{4}) extended=(\d\.\d{4})±(nan|\d\.\d{4}) ratio=(\d+\.\d{3})$",
+        lines[-1],
+    )
+    assert match, f"unexpected last line: {lines[-1]!r}"
+    base, base_sd, extended, extended_sd, ratio = match.groups()
+    assert base_sd == extended_sd == "nan", lines[-1]  # one seed: no sd
+    assert 0 < float(base) <= 1 and 0 < float(extended) <= 1, lines[-1]
+    assert abs(float(ratio) - float(extended) / float(base)) <= 0.001 + 0.0001 / float(base), lines[-1]
+    runs = [
+        m.groups()
+        for line in lines
+        if (
+            m := re.match(
+                r"^(base|extended) \((\w+)\) seed=(\d+): (\d) complete / (\d) pruned / 0 failed, .* test top100=(\d\.\d{4}),",
+                line,
+            )
+        )
+    ]
+    assert [r[:3] for r in runs] == [("base", "default", "0"), ("extended", "losses", "0")], proc.stdout
+    # a one-epoch trial can still be pruned at its only epoch (Hyperband), but the first trial of a study never is
+    assert all(int(r[3]) >= 1 and int(r[3]) + int(r[4]) == 2 for r in runs), proc.stdout
+    assert [r[5] for r in runs] == [base, extended], proc.stdout
+    assert re.search(
+        r"^paired by seed, extended - base, test top100: [+-]\d\.\d{4}±nan over 1 seeds", proc.stdout, re.M
+    )
