@@ -540,6 +540,12 @@ def _recommend_parser(sub: Any) -> None:
     p.add_argument("--user", required=True, help="raw user id as in the data")
     p.add_argument("--k", type=int, default=10, help="how many items (default 10)")
     p.add_argument("--time", help="Unix seconds or ISO date of the query (default: the latest time in the data)")
+    p.add_argument(
+        "--rerank",
+        action="store_true",
+        help="order the retrieved top k by the rating head's predicted rating, highest first (a model exported "
+        "with model.rating_head: true)",
+    )
     _add_common(p)
 
 
@@ -548,18 +554,33 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     card = load_card(args.model)
     timestamp, source = parse_time(args.time, card)
-    result = recommend(args.model, args.user, k=args.k, timestamp=timestamp)
+    result = recommend(args.model, args.user, k=args.k, timestamp=timestamp, rerank=args.rerank)
     if not result["known_user"]:
         examples = ", ".join(repr(u) for u in card.get("data", {}).get("example_users", []))
         raise ConfigError(
             f"--user {args.user!r}: unknown user (not in the model's {card.get('data', {}).get('num_users', '?')} "
             f"training users{'; e.g. ' + examples if examples else ''})"
         )
+    if args.rerank:
+        _print_reranked(result["items"], f"user {args.user} at time {timestamp} ({source})", args.quiet)
+        return EXIT_OK
     if not args.quiet:
         print(f"top {len(result['items'])} for user {args.user} at time {timestamp} ({source}):")
     for rank, (item_id, title, score) in enumerate(result["items"], start=1):
         print(f"{rank:>3}. {title}  [{item_id}]  {score:.3f}" if not args.quiet else title)
     return EXIT_OK
+
+
+def _print_reranked(items: list[tuple[Any, ...]], who: str, quiet: bool) -> None:
+    """``recommend --rerank``: the retrieved top k in predicted-rating order, with both numbers per item."""
+    if quiet:
+        for item in items:
+            print(item[1])
+        return
+    print(f"top {len(items)} by retrieval score for {who}, re-ranked by predicted rating (highest first):")
+    print(f"{'#':>4}  {'rating':>6}  {'score':>8}  {'score rank':>10}  title  [item]")
+    for rank, (item_id, title, score, rating, by_score) in enumerate(items, start=1):
+        print(f"{rank:>3}.  {rating:>6.3f}  {score:>8.3f}  {by_score:>10}  {title}  [{item_id}]")
 
 
 # --------------------------------------------------------------------------------------------- main

@@ -9,15 +9,23 @@ split, and writes ``models/<name>/``:
   over the training vocabulary; unknown ids map to the out-of-vocabulary row 0), the time buckets
   (``searchsorted`` over the data's bucket boundaries) and the time normalisation (training mean/std) happen inside,
   with the same constants as :func:`study.data.encode`.
-* ``index/``: a SavedModel around ``tfrs.layers.factorized_top_k.BruteForce(query_model)`` indexed with the
-  embeddings of every item and the item ids as identifiers. Call it with
-  ``model(user_id=tf.constant(["42"]), timestamp=tf.constant([ts], tf.int64), k=tf.constant(10))``; it returns
-  ``{"scores", "item_ids", "titles" [n, k], "known_user" bool [n]}``.
-* ``card.json``: trial, params, config, metrics (test of this model, validation of the search), data hash, time
-  constants, library versions.
+* ``index/``: a SavedModel around ``tfrs.layers.factorized_top_k.BruteForce`` indexed with the embeddings of every
+  item (the recommender computes the query embeddings once with the query model above and hands them to the index).
+  Call it with ``model(user_id=tf.constant(["42"]), timestamp=tf.constant([ts], tf.int64), k=tf.constant(10))``; it
+  returns ``{"scores", "item_ids", "titles" [n, k], "known_user" bool [n]}`` (items by non-increasing score). When
+  the trial's model has a rating head (``model.rating_head: true``, e.g. ``--space multitask``) it also returns
+  ``"ratings"`` float32 [n, k]: the head's predicted rating of each retrieved item, i.e. ``rating_model(query,
+  candidate)`` on the user's query embedding and the item's candidate embedding (the head's layers and the
+  candidate-embedding matrix are saved in the module).
+* ``card.json``: trial, params, config, ``rating_head`` (whether ``index/`` returns ``ratings``; absent in exports
+  made before rating heads, read as false), metrics (test of this model, with ``rmse`` when it has a rating head;
+  validation of the search), data hash, time constants, library versions.
 
 Both load with ``tf.saved_model.load(path)`` and TensorFlow alone (no ``study``, TFRS or Keras import needed).
-``recommend`` (and :func:`recommend`) uses only those artifacts.
+The export checks itself before writing: the raw-input query path gives the in-process tower's embeddings, and the
+exported ratings are the in-process head's predictions.
+``recommend`` (and :func:`recommend`) uses only those artifacts; ``recommend --rerank`` orders the retrieved top k
+by predicted rating (a model with a rating head only).
 """
 
 from __future__ import annotations
@@ -150,20 +158,25 @@ def _build_modules(model: Any, data: Any, constants: dict[str, Any], default_k: 
     titles = list(data.titles[1:])
     candidates = Evaluator(model).candidate_embeddings()
     num_items = len(item_ids)
-    index = tfrs.layers.factorized_top_k.BruteForce(query_model, k=min(default_k, num_items), name="retrieval_index")
-    index.index(candidates=candidates, identifiers=tf.constant(item_ids, tf.string))
+    # No query model inside the index: the recommender computes the query embeddings once, for the index and the
+    # rating head. Its identifiers are candidate rows (0 = the first real item), which gather ids, titles, embeddings.
+    index = tfrs.layers.factorized_top_k.BruteForce(k=min(default_k, num_items), name="retrieval_index")
+    index.index(candidates=candidates, identifiers=tf.range(num_items, dtype=tf.int32))
+    head = model.rating_model
 
     class Recommender(tf.Module):
-        """Raw user ids + Unix timestamps + k → the top-k items (ids, titles, scores) of the brute-force index."""
+        """Raw user ids + Unix timestamps + k → the top-k items (ids, titles, scores, and the rating head's predicted
+        ratings when the model has one) of the brute-force index."""
 
         def __init__(self) -> None:
             super().__init__(name="recommender")
             self.query_model = query_model
             self.index = index
-            self.title_table = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(tf.constant(item_ids, tf.string), tf.constant(titles, tf.string)),
-                default_value="",
-            )
+            self.item_ids = tf.Variable(tf.constant(item_ids, tf.string), trainable=False, name="item_ids")
+            self.titles = tf.Variable(tf.constant(titles, tf.string), trainable=False, name="titles")
+            if head is not None:
+                self.rating_head = head
+                self.candidates = tf.Variable(candidates, trainable=False, name="candidate_embeddings")
 
         @tf.function(
             input_signature=[
@@ -174,13 +187,21 @@ def _build_modules(model: Any, data: Any, constants: dict[str, Any], default_k: 
         )
         def __call__(self, user_id: tf.Tensor, timestamp: tf.Tensor, k: tf.Tensor) -> dict[str, tf.Tensor]:
             k = tf.clip_by_value(k, 1, num_items)
-            scores, ids = self.index({"user_id": user_id, "timestamp": timestamp}, k=k)
-            return {
+            query = self.query_model({"user_id": user_id, "timestamp": timestamp})  # [n, dim]
+            scores, rows = self.index(query, k=k)  # [n, k]
+            result = {
                 "scores": scores,
-                "item_ids": ids,
-                "titles": self.title_table.lookup(ids),
+                "item_ids": tf.gather(self.item_ids, rows),
+                "titles": tf.gather(self.titles, rows),
                 "known_user": self.query_model.known_user(user_id),
             }
+            if head is not None:
+                # The head on (query of row i, candidate j) for each retrieved item j: [n * k, dim] pairs → [n, k].
+                shape = tf.shape(rows)
+                pairs_query = tf.repeat(query, shape[1], axis=0)
+                pairs_candidate = tf.gather(self.candidates, tf.reshape(rows, [-1]))
+                result["ratings"] = tf.reshape(self.rating_head(pairs_query, pairs_candidate), shape)
+            return result
 
     return query_model, Recommender()
 
@@ -206,6 +227,36 @@ def _check_parity(model: Any, data: Any, query_model: Any, constants: dict[str, 
     if not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
         raise StudyError(
             f"export self-check failed: raw-input query embeddings differ by {np.abs(got - expected).max():.3g}"
+        )
+
+
+def _check_rating_parity(model: Any, data: Any, recommender: Any, constants: dict[str, Any], k: int) -> None:
+    """The recommender's ``ratings`` must be the in-process head's predictions for the items it retrieved."""
+    import numpy as np
+    import tensorflow as tf
+
+    from study.errors import StudyError
+
+    n = min(8, data.num_users - 1)
+    k = min(k, data.num_items - 1)
+    user_idx = np.arange(1, n + 1, dtype=np.int32)
+    ts = np.linspace(constants["min"], constants["max"], n).astype(np.int64)
+    got = recommender(
+        user_id=tf.constant([data.user_vocab[i] for i in user_idx]), timestamp=tf.constant(ts), k=tf.constant(k)
+    )
+    row_of = {item: row for row, item in enumerate(data.item_vocab)}
+    rows = np.array([[row_of[v.decode("utf-8")] for v in line] for line in got["item_ids"].numpy()], np.int32)
+    bucket, norm = encode_time(ts, constants)
+    query = model.query_tower(
+        {"user": tf.constant(user_idx), "time_bucket": tf.constant(bucket), "time_norm": tf.constant(norm)},
+        training=False,
+    )
+    candidate = model.candidate_tower(tf.constant(rows.reshape(-1)), training=False)
+    expected = model.rating_model(tf.repeat(query, k, axis=0), candidate).numpy().reshape(n, k)
+    ratings = got["ratings"].numpy()
+    if not np.allclose(ratings, expected, rtol=1e-4, atol=1e-5):
+        raise StudyError(
+            f"export self-check failed: exported predicted ratings differ by {np.abs(ratings - expected).max():.3g}"
         )
 
 
@@ -252,6 +303,9 @@ def export_model(
     constants = time_constants(data)
     query_model, recommender = _build_modules(model, data, constants, default_k)
     _check_parity(model, data, query_model, constants)
+    has_head = model.rating_model is not None
+    if has_head:
+        _check_rating_parity(model, data, recommender, constants, default_k)
 
     tmp = path.with_name(path.name + ".tmp-export")
     if tmp.exists():
@@ -275,6 +329,7 @@ def export_model(
         "train_rows": len(fit_data.train),
         "epochs": epochs,
         "metric": metric,
+        "rating_head": has_head,
         "metrics": {
             "test": test_metrics,
             "valid_search": dict(trial.user_attrs.get("valid_metrics", {})),
@@ -304,10 +359,11 @@ def export_model(
         shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp.replace(path)
-    shown = " ".join(f"{m}={test_metrics[m]:.4f}" for m in ("top10", "top50", "top100") if m in test_metrics)
+    shown = " ".join(f"{m}={test_metrics[m]:.4f}" for m in ("top10", "top50", "top100", "rmse") if m in test_metrics)
     print(f"test: {shown}", file=out)
     print(f"wrote {path}/ ({INDEX_DIR}/, {QUERY_DIR}/, {CARD})", file=out)
-    print(f"try: python -m study recommend --model {path} --user {data.user_vocab[1]}", file=out, flush=True)
+    rerank = " --rerank" if has_head else ""
+    print(f"try: python -m study recommend --model {path} --user {data.user_vocab[1]}{rerank}", file=out, flush=True)
     return ExportResult(path=path, card=card, model=model, data=data)
 
 
@@ -363,11 +419,22 @@ def load_card(model_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--model {path}: unreadable {CARD} ({exc})") from None
 
 
-def recommend(model_dir: str | Path, user: str, k: int = 10, timestamp: int | None = None) -> dict[str, Any]:
+def recommend(
+    model_dir: str | Path, user: str, k: int = 10, timestamp: int | None = None, rerank: bool = False
+) -> dict[str, Any]:
     """Top-k items for ``user`` from the exported SavedModel only (``tf.saved_model.load``).
 
+    Args:
+        rerank: retrieve the top k by score as usual, then order those k by the rating head's predicted rating,
+            highest first (ties keep the retrieval order). Needs a model exported with a rating head.
+
     Returns:
-        ``{"known_user": bool, "items": [(item_id, title, score), ...]}``.
+        ``{"known_user": bool, "items": [(item_id, title, score), ...], "ratings": [float, ...] or None}``, items in
+        retrieval order and ``ratings`` their predicted ratings (None without a rating head). With ``rerank`` the items
+        are ``(item_id, title, score, rating, retrieval_rank)`` (1-based rank by score), ordered by rating.
+
+    Raises:
+        ConfigError: ``k`` < 1, not a model export, or ``rerank`` on a model without a rating head.
     """
     import tensorflow as tf
 
@@ -376,6 +443,8 @@ def recommend(model_dir: str | Path, user: str, k: int = 10, timestamp: int | No
     if k < 1:
         raise ConfigError(f"--k: must be >= 1, but got {k}")
     card = load_card(model_dir)
+    if rerank and not card.get("rating_head"):
+        raise ConfigError(_no_head_message(model_dir))
     if timestamp is None:
         timestamp = int(card.get("time", {}).get("max", 0))
     loaded = tf.saved_model.load(str(Path(model_dir) / INDEX_DIR))
@@ -387,4 +456,18 @@ def recommend(model_dir: str | Path, user: str, k: int = 10, timestamp: int | No
     ids = [v.decode("utf-8") for v in result["item_ids"].numpy()[0]]
     titles = [v.decode("utf-8") for v in result["titles"].numpy()[0]]
     scores = [float(v) for v in result["scores"].numpy()[0]]
-    return {"known_user": bool(result["known_user"].numpy()[0]), "items": list(zip(ids, titles, scores, strict=True))}
+    ratings = [float(v) for v in result["ratings"].numpy()[0]] if "ratings" in result else None
+    if rerank and ratings is None:
+        raise ConfigError(_no_head_message(model_dir, f"has no rating head in its {INDEX_DIR}/"))
+    items: list[tuple[Any, ...]] = list(zip(ids, titles, scores, strict=True))
+    if rerank:
+        order = sorted(range(len(items)), key=lambda i: -ratings[i])  # stable: ties keep the retrieval order
+        items = [(*items[i], ratings[i], i + 1) for i in order]
+    return {"known_user": bool(result["known_user"].numpy()[0]), "items": items, "ratings": ratings}
+
+
+def _no_head_message(model_dir: str | Path, what: str = "was exported without a rating head") -> str:
+    return (
+        f"--rerank: the model in {model_dir} {what}, so it predicts no ratings; export a trial trained with "
+        "`model.rating_head: true` (e.g. from a study run with `--space multitask`) and recommend from that folder"
+    )
