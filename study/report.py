@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import ConfigError
+from study.names import RATING_METRICS
 from study.progress import format_seconds
 from study.results import count_states, metric_of, retrain_command
 from study.storage import mask_secrets, mask_url
@@ -33,6 +34,8 @@ TOP_N = 20
 MIN_IMPORTANCE_TRIALS = 4
 MAX_SLICE_PARAMS = 6
 SHOWN_METRICS = ("top10", "top50", "top100")
+RMSE = "rmse"  # the rating head's validation metric (lower is better): a column, a front and curves when trials have it
+FRONT_X = "top100"  # the top-100 vs. RMSE front: max FRONT_X, min RMSE
 NOT_AVAILABLE = "not available"
 
 # (anchor, heading) of every section, in page order.
@@ -51,6 +54,21 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("top", f"Top {TOP_N} trials"),
     ("reruns", "Seed re-runs on the test split"),
 )
+# Shown after "memory" only when some complete trial has both validation top100 and rmse (a rating head).
+RMSE_SECTION: tuple[str, str] = ("rmse", "Top-100 vs. RMSE")
+
+
+def sections(data: ReportData) -> list[tuple[str, str]]:
+    """The sections of ``data``'s page, in order: :data:`SECTIONS`, plus :data:`RMSE_SECTION` when it has points."""
+    out = list(SECTIONS)
+    if data.rmse_points:
+        out.insert(next(i for i, (key, _) in enumerate(out) if key == "memory") + 1, RMSE_SECTION)
+    return out
+
+
+def lower_is_better(metric: str) -> bool:
+    """``rmse`` is minimised; the top-k metrics are maximised."""
+    return metric in RATING_METRICS
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -66,6 +84,7 @@ class TrialSummary:
     params: dict[str, Any]
     valid_metrics: dict[str, float] = field(default_factory=dict)
     learning_curve: list[list[float]] = field(default_factory=list)
+    curves: dict[str, list[list[float]]] = field(default_factory=dict)  # with a rating head: top100 and rmse per epoch
     epochs_run: int = 0
     max_epochs: int | None = None
     best_epoch: int | None = None
@@ -124,6 +143,14 @@ class ReportData:
     top: list[TrialSummary]
     seed_reruns: list[dict[str, Any]]
     generated: str
+    # the valid metrics shown as table columns: SHOWN_METRICS, plus rmse when any trial has it
+    metric_columns: list[str] = field(default_factory=lambda: list(SHOWN_METRICS))
+    # the curves (TrialSummary.curves) drawn beside the learning curve of ``metric``: e.g. ["rmse"]
+    curve_metrics: list[str] = field(default_factory=list)
+    # every complete trial with a finite valid top100 and rmse: {"trial": n, "top100": x, "rmse": y}
+    rmse_points: list[dict[str, Any]] = field(default_factory=list)
+    # the trials of rmse_points on their top-100/RMSE Pareto front (max top100, min rmse), by ascending top100
+    rmse_front: list[int] = field(default_factory=list)
 
     @property
     def multi_objective(self) -> bool:
@@ -159,6 +186,11 @@ def _summary(trial: Any, study_max_epochs: int | None) -> TrialSummary:
         params=dict(trial.params),
         valid_metrics={k: float(v) for k, v in (attrs.get("valid_metrics") or {}).items()},
         learning_curve=[[int(e), float(v)] for e, v in curve],
+        curves={
+            str(name): [[int(e), float(v)] for e, v in points]
+            for name, points in (attrs.get("curves") or {}).items()
+            if points
+        },
         epochs_run=int(attrs.get("epochs_run", len(curve))),
         max_epochs=None if max_epochs is None else int(max_epochs),
         best_epoch=attrs.get("best_epoch"),
@@ -179,6 +211,38 @@ def _summary(trial: Any, study_max_epochs: int | None) -> TrialSummary:
 def _sort_key(directions: list[str]) -> Callable[[TrialSummary], float]:
     sign = -1.0 if directions and directions[0] == "maximize" else 1.0
     return lambda t: sign * (t.value if t.value is not None and math.isfinite(t.value) else -sign * math.inf)
+
+
+def max_min_front(points: list[tuple[int, float, float]]) -> list[int]:
+    """The ids of ``(id, x, y)`` points on the Pareto front of max ``x``, min ``y``, by ascending ``x`` (then ``y``).
+
+    A point is on the front unless another one is at least as good on both (``x' >= x`` and ``y' <= y``) and better
+    on one; equal points are all on it. Points with a non-finite coordinate are left out. O(n log n).
+    """
+    finite = [p for p in points if math.isfinite(p[1]) and math.isfinite(p[2])]
+    finite.sort(key=lambda p: (-p[1], p[2]))
+    front: list[tuple[int, float, float]] = []
+    best_y = math.inf  # the lowest y of the points with a strictly higher x
+    i = 0
+    while i < len(finite):
+        j = i
+        while j < len(finite) and finite[j][1] == finite[i][1]:
+            j += 1
+        group_min = finite[i][2]  # same x: sorted by y, so the first is the lowest
+        front.extend(p for p in finite[i:j] if p[2] == group_min and group_min < best_y)
+        best_y = min(best_y, group_min)
+        i = j
+    front.sort(key=lambda p: (p[1], p[2], p[0]))
+    return [p[0] for p in front]
+
+
+def _rmse_points(trials: list[TrialSummary]) -> list[dict[str, Any]]:
+    points = []
+    for t in trials:
+        x, y = t.valid_metrics.get(FRONT_X), t.valid_metrics.get(RMSE)
+        if t.state == "COMPLETE" and x is not None and y is not None and math.isfinite(x) and math.isfinite(y):
+            points.append({"trial": t.number, FRONT_X: x, RMSE: y})
+    return points
 
 
 def importance_evaluator() -> tuple[Any, str]:
@@ -311,6 +375,11 @@ def collect(optuna_study: Any, storage_url: str | None = None) -> ReportData:
             reruns.append(row)
     reruns.sort(key=lambda r: -(r.get("mean") or 0.0))
 
+    rmse_points = _rmse_points(trials)
+    rmse_front = max_min_front([(p["trial"], p[FRONT_X], p[RMSE]) for p in rmse_points])
+    curve_names = {name for t in trials for name in t.curves}
+    curve_metrics = sorted((n for n in curve_names if n != metric), key=lambda n: (lower_is_better(n), n))
+
     settings = {
         key: attrs.get(key)
         for key in ("dataset", "protocol", "space", "space_path", "sampler", "pruner", "max_epochs", "data_hash")
@@ -343,6 +412,10 @@ def collect(optuna_study: Any, storage_url: str | None = None) -> ReportData:
         top=top,
         seed_reruns=reruns,
         generated=datetime.now(timezone.utc).isoformat(sep=" ", timespec="seconds"),
+        metric_columns=[*SHOWN_METRICS, *([RMSE] if any(RMSE in t.valid_metrics for t in trials) else [])],
+        curve_metrics=curve_metrics,
+        rmse_points=rmse_points,
+        rmse_front=rmse_front,
     )
 
 
@@ -433,6 +506,8 @@ def build_figures(optuna_study: Any, data: ReportData) -> dict[str, Any]:
 
     attempt("history", lambda: vis.plot_optimization_history(optuna_study, target=target, target_name=target_name))
     attempt("curves", lambda: learning_curves_figure(data))
+    for name in data.curve_metrics:
+        attempt(f"curves-{name}", lambda name=name: learning_curves_figure(data, name))
     if data.importances:
         attempt(
             "importances",
@@ -465,6 +540,8 @@ def build_figures(optuna_study: Any, data: ReportData) -> dict[str, Any]:
             figures["memory"] = f"{NOT_AVAILABLE}: a Pareto front needs 2 or 3 objectives"
     else:
         attempt("memory", lambda: memory_figure(data))
+    if data.rmse_points:
+        attempt("rmse", lambda: rmse_front_figure(data))
     if data.trials:
         attempt("durations", lambda: vis.plot_timeline(optuna_study), needs=0)
     else:
@@ -479,9 +556,18 @@ def build_figures(optuna_study: Any, data: ReportData) -> dict[str, Any]:
     return figures
 
 
-def learning_curves_figure(data: ReportData) -> Any:
-    """Validation metric per epoch of every trial; pruned trials end in an × where they were stopped."""
+def learning_curves_figure(data: ReportData, metric: str | None = None) -> Any:
+    """Validation metric per epoch of every trial; pruned trials end in an × where they were stopped.
+
+    ``metric=None`` draws each trial's learning curve (the study's metric); a name draws that curve of
+    :attr:`TrialSummary.curves` (a rating head's ``top100`` and ``rmse``).
+    """
     import plotly.graph_objects as go
+
+    name = data.metric if metric is None else metric
+
+    def curve_of(t: TrialSummary) -> list[list[float]]:
+        return t.learning_curve if metric is None else t.curves.get(metric, [])
 
     fig = go.Figure()
     colors = {"COMPLETE": "rgba(31,119,180,0.55)", "PRUNED": "rgba(255,127,14,0.55)", "FAIL": "rgba(214,39,40,0.6)"}
@@ -490,9 +576,9 @@ def learning_curves_figure(data: ReportData) -> Any:
         ys: list[Any] = []
         texts: list[Any] = []
         for t in data.trials:
-            if t.state != state or not t.learning_curve:
+            if t.state != state or not curve_of(t):
                 continue
-            for epoch, value in t.learning_curve:
+            for epoch, value in curve_of(t):
                 xs.append(epoch)
                 ys.append(value)
                 texts.append(f"trial {t.number}")
@@ -512,35 +598,34 @@ def learning_curves_figure(data: ReportData) -> Any:
                     hovertemplate="%{text}<br>epoch %{x}: %{y:.4f}<extra></extra>",
                 )
             )
-    stops = [t for t in data.trials if t.state == "PRUNED" and t.learning_curve]
+    stops = [t for t in data.trials if t.state == "PRUNED" and curve_of(t)]
     if stops:
         fig.add_trace(
             go.Scatter(
-                x=[t.learning_curve[-1][0] for t in stops],
-                y=[t.learning_curve[-1][1] for t in stops],
-                text=[
-                    f"trial {t.number} pruned at epoch {t.pruned_at_epoch or t.learning_curve[-1][0]}" for t in stops
-                ],
+                x=[curve_of(t)[-1][0] for t in stops],
+                y=[curve_of(t)[-1][1] for t in stops],
+                text=[f"trial {t.number} pruned at epoch {t.pruned_at_epoch or curve_of(t)[-1][0]}" for t in stops],
                 mode="markers",
                 marker={"symbol": "x", "size": 10, "color": "rgb(200,80,0)"},
                 name="pruned here",
                 hovertemplate="%{text}<extra></extra>",
             )
         )
-    if data.best is not None and data.best.learning_curve:
+    if data.best is not None and curve_of(data.best):
         fig.add_trace(
             go.Scatter(
-                x=[p[0] for p in data.best.learning_curve],
-                y=[p[1] for p in data.best.learning_curve],
+                x=[p[0] for p in curve_of(data.best)],
+                y=[p[1] for p in curve_of(data.best)],
                 mode="lines+markers",
                 line={"color": "rgb(44,160,44)", "width": 3},
                 name=f"best (trial {data.best.number})",
             )
         )
+    better = " (lower is better)" if lower_is_better(name) else ""
     fig.update_layout(
-        title=f"validation {data.metric} per epoch",
+        title=f"validation {name} per epoch{better}",
         xaxis_title="epoch",
-        yaxis_title=f"validation {data.metric}",
+        yaxis_title=f"validation {name}{better}",
         height=450,
     )
     if not fig.data:
@@ -592,6 +677,51 @@ def memory_figure(data: ReportData) -> Any:
         xaxis={"title": "embedding tables (MiB, log scale)", "type": "log"},
         yaxis_title=data.metric,
         height=420,
+    )
+    return fig
+
+
+def rmse_front_figure(data: ReportData) -> Any:
+    """Validation top-100 (x) against RMSE (y) of every complete trial with both; the Pareto front highlighted."""
+    import plotly.graph_objects as go
+
+    if not data.rmse_points:
+        raise ValueError(f"no complete trial has both validation {FRONT_X} and {RMSE}")
+    by_trial = {p["trial"]: p for p in data.rmse_points}
+    on_front = set(data.rmse_front)
+    others = [p for p in data.rmse_points if p["trial"] not in on_front]
+    front = [by_trial[n] for n in data.rmse_front]
+    hover = f"%{{text}}<br>{FRONT_X} %{{x:.4f}}<br>{RMSE} %{{y:.4f}}<extra></extra>"
+    fig = go.Figure()
+    if others:
+        fig.add_trace(
+            go.Scatter(
+                x=[p[FRONT_X] for p in others],
+                y=[p[RMSE] for p in others],
+                text=[f"trial {p['trial']}" for p in others],
+                mode="markers",
+                marker={"size": 8, "color": "rgba(31,119,180,0.55)"},
+                name="complete trials",
+                hovertemplate=hover,
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[p[FRONT_X] for p in front],
+            y=[p[RMSE] for p in front],
+            text=[f"trial {p['trial']} (front)" for p in front],
+            mode="lines+markers",
+            marker={"size": 11, "color": "rgb(214,39,40)"},
+            line={"color": "rgb(214,39,40)", "width": 2},
+            name=f"Pareto front ({len(front)})",
+            hovertemplate=hover,
+        )
+    )
+    fig.update_layout(
+        title=f"validation {FRONT_X} (higher is better) vs. {RMSE} (lower is better)",
+        xaxis_title=f"validation {FRONT_X}",
+        yaxis_title=f"validation {RMSE}",
+        height=450,
     )
     return fig
 
@@ -785,13 +915,13 @@ def _baselines_html(d: ReportData, figure: Any) -> str:
                 esc(t.label) + (" <b>(best)</b>" if d.best is not None and t.number == d.best.number else ""),
                 esc(t.layers if t.layers is not None else "–"),
                 esc(t.state.lower()),
-                *[fmt(t.valid_metrics.get(m)) for m in SHOWN_METRICS],
+                *[fmt(t.valid_metrics.get(m)) for m in d.metric_columns],
                 fmt_bytes(t.embedding_bytes),
                 fmt(t.seconds, 1),
                 f'<span class="params">{fmt_params(t.params)}</span>',
             ]
         )
-    header = ["trial", "config", "layers", "state", *[f"valid {m}" for m in SHOWN_METRICS], "embeddings", "seconds"]
+    header = ["trial", "config", "layers", "state", *[f"valid {m}" for m in d.metric_columns], "embeddings", "seconds"]
     header.append("params")
     return table(header, rows) + (_figure_html("baselines", figure) if figure is not None else "")
 
@@ -816,7 +946,7 @@ def _top_html(d: ReportData) -> str:
                 str(rank),
                 str(t.number),
                 " / ".join(fmt(v) for v in t.values or []),
-                *[fmt(t.valid_metrics.get(m)) for m in SHOWN_METRICS],
+                *[fmt(t.valid_metrics.get(m)) for m in d.metric_columns],
                 esc(t.layers if t.layers is not None else "–"),
                 fmt(t.best_epoch),
                 fmt(t.epochs_run),
@@ -826,9 +956,22 @@ def _top_html(d: ReportData) -> str:
                 f'<span class="params">{fmt_params(t.params)}</span>',
             ]
         )
-    header = ["#", "trial", esc(" / ".join(d.objectives)), *[f"valid {m}" for m in SHOWN_METRICS]]
+    header = ["#", "trial", esc(" / ".join(d.objectives)), *[f"valid {m}" for m in d.metric_columns]]
     header += ["layers", "best epoch", "epochs", "embeddings", "seconds", "baseline", "params"]
     return table(header, rows)
+
+
+def _rmse_html(d: ReportData, figure: Any) -> str:
+    if not d.rmse_points:
+        return na(f"{NOT_AVAILABLE}: no complete trial has both validation {FRONT_X} and {RMSE} (a rating head)")
+    by_trial = {p["trial"]: p for p in d.rmse_points}
+    rows = [[str(n), fmt(by_trial[n][FRONT_X]), fmt(by_trial[n][RMSE])] for n in d.rmse_front]
+    text = (
+        f"<p>Validation {FRONT_X} (higher is better) against {RMSE} (lower is better) of the {len(d.rmse_points)} "
+        f"complete trials that have both; the {len(d.rmse_front)} on their Pareto front (no other trial is at least "
+        "as good on both and better on one) are connected.</p>"
+    )
+    return text + _figure_html("rmse", figure) + table(["trial", f"valid {FRONT_X}", f"valid {RMSE}"], rows)
 
 
 def _reruns_html(d: ReportData, figure: Any) -> str:
@@ -866,7 +1009,8 @@ def render_html(data: ReportData, figures: Mapping[str, Any] | None = None) -> s
         "baselines": _baselines_html(data, fig("baselines")),
         "history": _figure_html("history", fig("history")),
         "curves": "<p>Each line is one trial; pruned trials end in an × at the epoch where they were stopped.</p>"
-        + _figure_html("curves", fig("curves")),
+        + _figure_html("curves", fig("curves"))
+        + "".join(_figure_html(f"curves-{name}", fig(f"curves-{name}")) for name in data.curve_metrics),
         "importances": explain_importance + _figure_html("importances", fig("importances")),
         "parallel": _figure_html("parallel", fig("parallel")),
         "slices": _figure_html("slices", fig("slices")),
@@ -876,11 +1020,11 @@ def render_html(data: ReportData, figures: Mapping[str, Any] | None = None) -> s
         "durations": _figure_html("durations", fig("durations")),
         "top": _top_html(data),
         "reruns": _reruns_html(data, fig("reruns")),
+        "rmse": _rmse_html(data, fig("rmse")),
     }
-    nav = "".join(f'<a href="#{key}">{html.escape(title)}</a>' for key, title in SECTIONS)
-    sections = "".join(
-        f'<section id="{key}"><h2>{html.escape(title)}</h2>{bodies[key]}</section>' for key, title in SECTIONS
-    )
+    shown = sections(data)
+    nav = "".join(f'<a href="#{key}">{html.escape(title)}</a>' for key, title in shown)
+    body = "".join(f'<section id="{key}"><h2>{html.escape(title)}</h2>{bodies[key]}</section>' for key, title in shown)
     plotly_js = plotly.offline.get_plotlyjs().replace("</script", "<\\/script")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -889,7 +1033,7 @@ def render_html(data: ReportData, figures: Mapping[str, Any] | None = None) -> s
         f'<script type="text/javascript">{plotly_js}</script></head><body><main>'
         f"<h1>Study report: {esc(data.study_name)}</h1>"
         f'<p class="meta">generated {esc(data.generated)} by <code>python -m study report</code></p>'
-        f"<nav>{nav}</nav>{sections}</main></body></html>\n"
+        f"<nav>{nav}</nav>{body}</main></body></html>\n"
     )
 
 
