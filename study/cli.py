@@ -18,7 +18,13 @@ from typing import Any
 import study  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from study.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ConfigError, StudyError
 from study.storage import DEFAULT_STORAGE
-from study.workers import DEFAULT_RECYCLE_AFTER, EXIT_RECYCLE, die_with_parent, worker_number
+from study.workers import (
+    DEFAULT_RECYCLE_AFTER,
+    EXIT_RECYCLE,
+    die_with_parent,
+    restart_after_default,
+    worker_number,
+)
 
 # Commands that train (and so import TensorFlow up front); the others only read a storage or a file.
 TRAINING_COMMANDS = ("train", "run", "evaluate", "export", "recommend")
@@ -304,6 +310,7 @@ def run_settings_from_args(args: argparse.Namespace) -> Any:
         quiet=args.quiet,
         jobs=args.jobs,
         recycle_after=recycle_after(args),
+        restart_after=restart_after(args),
     )
 
 
@@ -312,6 +319,14 @@ def recycle_after(args: argparse.Namespace) -> int:
     if args.recycle_after is not None:
         return args.recycle_after
     return DEFAULT_RECYCLE_AFTER if args.jobs > 1 else 0
+
+
+def restart_after(args: argparse.Namespace) -> int:
+    """Trials after which a single-process run restarts itself (exec): the default with ``--jobs 1`` and no
+    ``--recycle-after``; 0 otherwise (workers recycle instead) and in --jobs workers."""
+    if args.jobs != 1 or args.recycle_after is not None or worker_number() is not None:
+        return 0
+    return restart_after_default()
 
 
 def starts_workers(args: argparse.Namespace) -> bool:
@@ -341,7 +356,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     from study.runner import run_study
 
-    summary = run_study(settings or run_settings_from_args(args))
+    settings = settings or run_settings_from_args(args)
+    summary = run_study(settings)
+    if summary.recycled and worker_number() is None:
+        from study.workers import restart_in_place
+
+        restart_in_place(args.argv, summary.wall_seconds)
     if summary.recycled:
         return EXIT_RECYCLE
     return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK

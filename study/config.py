@@ -305,6 +305,8 @@ class RunSettings:
         jobs: worker processes on this machine.
         recycle_after: a worker process that has run this many trials leaves and a fresh one takes its place (0 =
             never). TensorFlow's XLA cache never evicts, so a process keeps ~10-50 MB of every trial it compiled.
+        restart_after: a single-process run (``--jobs 1`` without ``--recycle-after``) that has run this many trials
+            replaces itself with a fresh process (exec) that resumes the study, for the same reason (0 = never).
         test_best: re-train the best trial and score it on the test split at the end.
         quiet: no per-trial lines.
     """
@@ -329,5 +331,6 @@ class RunSettings:
     patience: int | None = None
     jobs: int = 1
     recycle_after: int = 0
+    restart_after: int = 0
     test_best: bool = True
     quiet: bool = False

@@ -296,9 +296,11 @@ def run_study(settings: RunSettings, out: Any = None) -> RunSummary:
     Validates everything (space, data, storage, identity) before the first trial: a bad input raises a
     :class:`~study.errors.StudyError` and touches no existing study.
     """
+    from study.workers import elapsed_before_restart
+
     out = out or sys.stdout
     run = prepare(settings, out)
-    started = time.perf_counter()
+    started = time.perf_counter() - elapsed_before_restart()  # a restarted run counts its time before the restart
     summary = run_trials(run, out, started)
     if summary.interrupted or summary.recycled:
         return summary
@@ -487,9 +489,11 @@ def run_trials(run: PreparedRun, out: Any = None, started: float | None = None) 
             if parent_gone():  # a --jobs worker whose parent died (where no signal told it): stop as on Ctrl-C
                 start_lock.release()
                 raise KeyboardInterrupt
-            if settings.recycle_after and worker_number() and ran >= settings.recycle_after:
-                # A fresh process takes this worker's place (study.workers.Workers): TensorFlow's XLA cache never
-                # evicts, so only leaving frees what this process compiled for its trials.
+            limit = settings.recycle_after if worker_number() else settings.restart_after
+            if limit and ran >= limit:
+                # A fresh process takes this one's place (a --jobs worker: study.workers.Workers; a single process:
+                # exec, see study.workers.restart_in_place): TensorFlow's XLA cache never evicts, so only a new
+                # process frees what this one compiled for its trials.
                 recycled = True
                 start_lock.release()
                 break
@@ -514,10 +518,16 @@ def run_trials(run: PreparedRun, out: Any = None, started: float | None = None) 
             signal.signal(sig, handler)
         progress.close()
     summary = run.summary(started, interrupted=interrupted, recycled=recycled)
-    if recycled:
+    if recycled and worker_number():
         print(
             f"ran {ran} trials (--recycle-after {settings.recycle_after}); leaving for a fresh process "
             f"({summary.finished}/{settings.trials} finished)",
+            file=out,
+        )
+    elif recycled:
+        print(
+            f"ran {ran} trials; restarting as a fresh process to free TensorFlow's compiled code "
+            f"({summary.finished}/{settings.trials} finished; --recycle-after 0 turns this off)",
             file=out,
         )
     elif interrupted:

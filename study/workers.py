@@ -34,6 +34,11 @@ EXIT_RECYCLE = 75
 # --recycle-after's default with --jobs N > 1: TensorFlow's XLA cache never evicts, so a process keeps ~10-50 MB of
 # every trial it compiled (~0.5-2.5 GB per 50 trials), and a fresh process costs ~5 s of start-up per 50 trials.
 DEFAULT_RECYCLE_AFTER = 50
+# With --jobs 1 (and no --recycle-after), the run replaces itself by a fresh process (exec, same PID) after this many
+# trials: a 100-trial run then restarts 4 times (~10 s each: TensorFlow import, data) and its memory stays bounded.
+DEFAULT_RESTART_AFTER = 20
+ENV_RESTART_AFTER = "TOWER_STUDY_RESTART_AFTER"  # overrides DEFAULT_RESTART_AFTER (0 = never)
+ENV_ELAPSED = "TOWER_STUDY_ELAPSED"  # wall seconds of the run before its last restart
 ENV_THREADS = "TOWER_STUDY_THREADS"
 ENV_WAIT = "TOWER_STUDY_WAIT_FOR_PARENT"
 ENV_GENERATION = "TOWER_STUDY_WORKER_GENERATION"  # 0 for the first process under a label, +1 for each replacement
@@ -69,6 +74,29 @@ def parent_gone() -> bool:
     """Whether this ``--jobs`` worker's parent has died (the worker was re-parented)."""
     parent = os.environ.get(ENV_PARENT)
     return bool(parent) and os.getppid() != int(parent)
+
+
+def restart_after_default() -> int:
+    """Trials after which a ``--jobs 1`` run restarts itself: ``$TOWER_STUDY_RESTART_AFTER`` or 20."""
+    value = os.environ.get(ENV_RESTART_AFTER, "").strip()
+    return int(value) if value.isdigit() else DEFAULT_RESTART_AFTER
+
+
+def elapsed_before_restart() -> float:
+    """Wall seconds this run spent before it last restarted itself (0 for a fresh run)."""
+    try:
+        return float(os.environ.get(ENV_ELAPSED, "0"))
+    except ValueError:
+        return 0.0
+
+
+def restart_in_place(argv: Sequence[str], elapsed: float) -> None:
+    """Replace this process by a fresh ``python -m study ARGV`` (same PID, stdout and terminal), which resumes the
+    study from its storage. Only a new process image frees what TensorFlow's XLA cache holds. Does not return."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    env = {**os.environ, ENV_ELAPSED: f"{elapsed:.3f}"}
+    os.execve(sys.executable, [sys.executable, "-m", "study", *argv], env)
 
 
 def sampler_seed(seed: int | None) -> int | None:

@@ -1,0 +1,71 @@
+"""A single-process run (``--jobs 1``) replaces itself with a fresh process every K trials (exec, same PID), which
+resumes the study: what bounds a long run's memory, since TensorFlow's XLA cache never evicts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from e2e_util import TINY_SPACE, load, write_dataset, write_space
+
+from study.names import StudyAttr, TrialAttr
+from study.workers import ENV_RESTART_AFTER
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "study", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+    )
+
+
+@pytest.mark.slow
+def test_single_process_run_restarts_itself_and_finishes_the_study(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data.csv", n_rows=2000)
+    space = write_space(tmp_path / "tiny.yaml", TINY_SPACE)
+    db = tmp_path / "s.db"
+    args = ["run", "--trials", "2", "--space", str(space), "--dataset", f"csv:{data}", "--storage", f"sqlite:///{db}"]
+    proc = run_cli([*args, "--study-name", "r", "--seed", "1"], tmp_path, **{ENV_RESTART_AFTER: "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # one restart (after trial 1) that resumes the stored study; none after the last trial
+    assert proc.stdout.count("restarting as a fresh process") == 1, proc.stdout
+    assert proc.stdout.count("resuming study 'r'") == 1, proc.stdout
+    optuna_study = load(db, "r")
+    assert len(optuna_study.trials) == 2
+    assert all(t.state.is_finished() and t.state.name != "FAIL" for t in optuna_study.trials)
+    # the same process (exec keeps the PID) ran both: no worker processes were started
+    assert len({t.user_attrs[TrialAttr.WORKER] for t in optuna_study.trials}) == 1
+    # the end of the run happens once, in the last image: the best trial scored on test, the summary line
+    assert StudyAttr.TEST_METRICS in optuna_study.user_attrs
+    assert proc.stdout.count("\ndone: 2/2 finished") == 1, proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], None, 20),  # the default with --jobs 1
+        ([], "3", 3),
+        ([], "0", 0),
+        (["--recycle-after", "0"], "3", 0),  # off
+        (["--recycle-after", "5"], None, 0),  # one worker process recycles instead
+        (["--jobs", "2"], None, 0),  # workers recycle instead
+    ],
+)
+def test_restart_after_settings(argv: list[str], env: str | None, expected: int, monkeypatch) -> None:
+    from study import cli
+
+    if env is None:
+        monkeypatch.delenv(ENV_RESTART_AFTER, raising=False)
+    else:
+        monkeypatch.setenv(ENV_RESTART_AFTER, env)
+    args = cli.build_parser().parse_args(["run", *argv])
+    assert cli.restart_after(args) == expected
