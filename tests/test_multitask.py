@@ -255,3 +255,28 @@ def test_shipped_multitask_space_finds_a_top100_rmse_front() -> None:
             assert trial.values == pytest.approx([valid["top100"], valid["rmse"]], abs=1e-6)  # stored to 6 decimals
             assert trial.user_attrs[TrialAttr.CONFIG]["model"]["rating_head"] is True
             assert 0.5 < valid["rmse"] < 3.0
+
+
+def test_multitask_benchmark_runs_and_reports(csv: Path, capsys: pytest.CaptureFixture) -> None:
+    """benchmarks/multitask.py in-process on the small rated CSV (1 epoch, 1 seed): the three models run and the last
+    line's ratios are the quotients of its own figures."""
+    import re
+
+    from benchmarks.multitask import main
+
+    assert main(["--epochs", "1", "--seeds", "1", "--batch-size", "256", "--dataset", f"csv:{csv}"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert [m[1] for line in lines if (m := re.match(r"^seed 0 (\S+) +weights", line))] == [
+        "rating-only",
+        "retrieval-only",
+        "joint",
+    ]
+    fields = dict(pair.split("=") for pair in lines[-1].removeprefix("multitask: ").split())
+    values = {k: float(v) for k, v in fields.items()}
+    assert lines[-1].startswith("multitask: ") and len(values) == 9, lines[-1]
+    assert values["rating_vs_retrieval_top100"] == pytest.approx(
+        values["rating_top100"] / values["retrieval_top100"], abs=2e-3
+    )
+    assert values["joint_vs_rating_rmse"] == pytest.approx(values["joint_rmse"] / values["rating_rmse"], abs=2e-3)
+    # the retrieval-only model never trains its head: its RMSE is the worst of the three
+    assert values["retrieval_rmse"] > max(values["rating_rmse"], values["joint_rmse"])
