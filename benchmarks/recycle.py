@@ -14,9 +14,13 @@ so ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` is the peak resident memory of the l
 where ``R`` is the peak with ``--recycle-after K`` over the peak without, and ``W`` the wall time likewise (each
 fresh process pays the TensorFlow import and the data loading again).
 
+``--in-place`` (with ``--jobs 1``) measures the single-process default instead: the second run passes no
+``--recycle-after`` and restarts itself in place (exec) every K trials (``TOWER_STUDY_RESTART_AFTER=K``); exec
+keeps the PID, and ``ru_maxrss`` is the peak over all the images of that process.
+
 Usage:
     python benchmarks/recycle.py [--trials 40] [--epochs 3] [--after 10] [--jobs 2] [--space quick]
-        [--dataset embedded] [--seed 0]
+        [--dataset embedded] [--seed 0] [--in-place]
 """
 
 from __future__ import annotations
@@ -51,8 +55,10 @@ def run_once(after: int, args: argparse.Namespace, db: Path, params: list[dict])
     from benchmarks.parallel import prepare
 
     storage = f"sqlite:///{db}"
+    in_place = args.in_place and after > 0
+    recycle = [] if in_place else ["--recycle-after", str(after)]
     argv = [
-        "run", "--jobs", str(args.jobs), "--trials", str(args.trials), "--recycle-after", str(after),
+        "run", "--jobs", str(args.jobs), "--trials", str(args.trials), *recycle,
         "--space", args.space, "--dataset", args.dataset, "--storage", storage, "--study-name", "recycle",
         "--pruner", "none", "--seed", str(args.seed), "--no-test", "--quiet", "--max-epochs", str(args.epochs),
     ]  # fmt: skip
@@ -60,7 +66,7 @@ def run_once(after: int, args: argparse.Namespace, db: Path, params: list[dict])
     cmd = json.dumps([sys.executable, "-m", "study", *argv])
     proc = subprocess.run(
         [sys.executable, "-c", _WRAPPER, cmd], cwd=ROOT, capture_output=True, text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        env=dict(os.environ, PYTHONUNBUFFERED="1", TOWER_STUDY_RESTART_AFTER=str(after) if in_place else "0"),
     )  # fmt: skip
     fields = proc.stdout.split()
     if proc.returncode != 0 or len(fields) != 3 or fields[0] != "0":
@@ -69,8 +75,9 @@ def run_once(after: int, args: argparse.Namespace, db: Path, params: list[dict])
     trials = optuna.load_study(study_name="recycle", storage=storage).get_trials(deepcopy=False)
     finished = sum(t.state.name == "COMPLETE" for t in trials)
     processes = len({t.user_attrs.get("worker") for t in trials})
+    label = f"restart in place every {after}" if in_place else f"--recycle-after {after}"
     print(
-        f"--recycle-after {after}: {finished} trials in {wall:.1f} s by {processes} worker processes; "
+        f"{label}: {finished} trials in {wall:.1f} s by {processes} worker processes; "
         f"largest process peaked at {peak_mib:.0f} MiB",
         flush=True,
     )
@@ -88,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--space", default="quick")
     parser.add_argument("--dataset", default="embedded")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--in-place", action="store_true", help="--jobs 1: the second run restarts itself (exec)")
     args = parser.parse_args(argv)
+    if args.in_place and args.jobs != 1:
+        parser.error("--in-place needs --jobs 1")
     if args.trials < 1 or args.epochs < 1 or args.after < 1 or args.jobs < 1:
         parser.error("--trials, --epochs, --after and --jobs must be >= 1")
     from benchmarks.parallel import fixed_params

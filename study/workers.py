@@ -35,8 +35,9 @@ EXIT_RECYCLE = 75
 # every trial it compiled (~0.5-2.5 GB per 50 trials), and a fresh process costs ~5 s of start-up per 50 trials.
 DEFAULT_RECYCLE_AFTER = 50
 # With --jobs 1 (and no --recycle-after), the run replaces itself by a fresh process (exec, same PID) after this many
-# trials: a 100-trial run then restarts 4 times (~10 s each: TensorFlow import, data) and its memory stays bounded.
-DEFAULT_RESTART_AFTER = 20
+# trials: a 100-trial run then restarts 9 times (~5-10 s each: TensorFlow import, data); a default-space process
+# peaked at 1972 MiB after 10 trials and 2412 MiB after 20 (docs/benchmarks.md, "Memory of long runs").
+DEFAULT_RESTART_AFTER = 10
 ENV_RESTART_AFTER = "TOWER_STUDY_RESTART_AFTER"  # overrides DEFAULT_RESTART_AFTER (0 = never)
 ENV_ELAPSED = "TOWER_STUDY_ELAPSED"  # wall seconds of the run before its last restart
 ENV_THREADS = "TOWER_STUDY_THREADS"
@@ -77,7 +78,7 @@ def parent_gone() -> bool:
 
 
 def restart_after_default() -> int:
-    """Trials after which a ``--jobs 1`` run restarts itself: ``$TOWER_STUDY_RESTART_AFTER`` or 20."""
+    """Trials after which a ``--jobs 1`` run restarts itself: ``$TOWER_STUDY_RESTART_AFTER`` or 10."""
     value = os.environ.get(ENV_RESTART_AFTER, "").strip()
     return int(value) if value.isdigit() else DEFAULT_RESTART_AFTER
 

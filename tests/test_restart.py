@@ -52,7 +52,7 @@ def test_single_process_run_restarts_itself_and_finishes_the_study(tmp_path: Pat
 @pytest.mark.parametrize(
     ("argv", "env", "expected"),
     [
-        ([], None, 20),  # the default with --jobs 1
+        ([], None, 10),  # the default with --jobs 1
         ([], "3", 3),
         ([], "0", 0),
         (["--recycle-after", "0"], "3", 0),  # off
