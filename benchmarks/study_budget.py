@@ -3,6 +3,10 @@
 Prints the CLI's own output, then one closing line:
 
     study_budget: trials=100 wall_s=W complete=C pruned=P failed=F best_valid_top100=B test_top100=T epochs_total=E
+        peak_rss_mb=M
+
+(one line). ``M`` is the peak resident memory of the run's largest process (``getrusage`` of the children; a
+``--jobs 1`` run's restarts keep its PID, and the peak spans them).
 
 Target on a 2-core CPU: W <= 1200 s with the default space. ``epochs_total`` sums the epochs every trial ran; the
 report compares it with running every trial to ``max_epochs``.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -44,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, env=os.environ.copy())
         wall = time.perf_counter() - start
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
         if proc.returncode != 0:
             print(f"study_budget: run failed with exit code {proc.returncode}", file=sys.stderr)
             return proc.returncode
@@ -59,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"study_budget: trials={args.trials} wall_s={wall:.0f} complete={states.count('COMPLETE')} "
             f"pruned={states.count('PRUNED')} failed={states.count('FAIL')} best_valid_top100={best:.4f} "
-            f"test_top100={test.get('top100', float('nan')):.4f} epochs_total={epochs}"
+            f"test_top100={test.get('top100', float('nan')):.4f} epochs_total={epochs} peak_rss_mb={peak_mb:.0f}"
         )
     return 0
 
