@@ -14,7 +14,7 @@ from synthetic import small_data
 from study.config import ModelConfig, TrainConfig, TrialConfig
 from study.errors import ConfigError, NonFiniteLossError
 from study.model import in_batch_softmax_loss, masked_mean
-from study.towers import ACTIVATIONS, BODIES, get_activation
+from study.towers import ACTIVATIONS, BODIES, build_body, get_activation
 from study.train import (
     METRIC_NAMES,
     OPTIMIZERS,
@@ -35,6 +35,25 @@ def _cfg(**train_kw) -> TrialConfig:
     base = {"epochs": 2, "batch_size": 512, "eval_every": 1, "seed": 1}
     base.update(train_kw)
     return TrialConfig(model=ModelConfig(layers=(32, 16), embedding_dim=16), train=TrainConfig(**base))
+
+
+def _assert_same_under_xla(fn: Any, x: tf.Tensor) -> None:
+    """``fn(x)`` and its gradient compile with XLA (``jit_compile``) and give the eager output."""
+    eager = fn(x).numpy()  # builds a layer's weights
+    variables = getattr(fn, "trainable_variables", [])
+
+    @tf.function(jit_compile=True)
+    def step(x: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        grads = tape.gradient(y, [x, *variables])
+        return y, [tf.convert_to_tensor(g) for g in grads]
+
+    y, grads = step(x)
+    np.testing.assert_allclose(y.numpy(), eager, rtol=1e-5, atol=1e-6)
+    assert len(grads) == 1 + len(variables)
+    assert all(np.isfinite(g.numpy()).all() for g in grads)
 
 
 # ------------------------------------------------------------------------------------------ loss
@@ -107,7 +126,9 @@ def test_metric_names_parse() -> None:
 
 def test_exact_topk_agrees_with_factorized_topk() -> None:
     data = small_data()
-    cfg = _cfg(epochs=3, ks=(1, 5, 10, 50))
+    # jit=False: XLA compiling the training epoch costs more than these epochs take, and the claim is about the
+    # evaluator (which ranks with its own compiled function either way).
+    cfg = _cfg(epochs=3, ks=(1, 5, 10, 50), jit=False)
     model, _ = train(cfg, data)
     ours = Evaluator(model).evaluate(data.valid, cfg.train.ks)
     # Id-based FactorizedTopK (the true item must be among the retrieved ids). Its score-based mode scores the true
@@ -151,7 +172,8 @@ def test_training_learns_and_does_not_retrace() -> None:
 def test_callback_can_stop_and_eval_every() -> None:
     data = small_data()
     seen = []
-    _, result = train(_cfg(epochs=6, eval_every=2), data, callback=lambda r: seen.append(r) or r.epoch >= 4)
+    # jit=False here and below: the epoch loop's bookkeeping is under test, not XLA (compiling costs seconds)
+    _, result = train(_cfg(epochs=6, eval_every=2, jit=False), data, callback=lambda r: seen.append(r) or r.epoch >= 4)
     assert [r.epoch for r in seen] == [1, 2, 3, 4]
     assert [r.metrics is not None for r in seen] == [False, True, False, True]
     assert result.stopped_early
@@ -160,7 +182,8 @@ def test_callback_can_stop_and_eval_every() -> None:
 def test_patience_stops_training() -> None:
     data = small_data()
     # A learning rate this small never improves measurably after the first evaluations.
-    _, result = train(_cfg(epochs=30, patience=1, learning_rate=1e-9, optimizer="sgd", momentum=0.0), data)
+    cfg = _cfg(epochs=30, patience=1, learning_rate=1e-9, optimizer="sgd", momentum=0.0, jit=False)
+    _, result = train(cfg, data)
     assert result.stopped_early and result.epochs_run < 30
 
 
@@ -186,11 +209,37 @@ def test_non_finite_loss_raises_with_epoch() -> None:
 def test_every_optimizer_trains(name: str) -> None:
     data = small_data()
     lr = {"adagrad": 0.1, "sgd": 0.0005, "adam": 0.01, "adamw": 0.01, "rmsprop": 0.001}[name]
-    model, result = train(_cfg(epochs=3, optimizer=name, learning_rate=lr), data)
+    cfg = _cfg(epochs=3, optimizer=name, learning_rate=lr, jit=False)
+    model, result = train(cfg, data)
     losses = [h.loss for h in result.history]
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0], (name, losses)
     assert isinstance(build_optimizer(TrainConfig(optimizer=name)), tf.keras.optimizers.Optimizer)
+    # Under XLA too, as the default (jit) trainer applies it: the same dense-gradient updates compiled and not.
+    # (Compiling a whole training epoch per optimizer would cost seconds each; the rest of that epoch is compiled
+    # in the trainer tests above.)
+    init = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    compiled, plain = _optimizer_steps(cfg.train, init, jit=True), _optimizer_steps(cfg.train, init, jit=False)
+    assert not np.allclose(compiled, init), name  # the compiled steps moved the weights
+    np.testing.assert_allclose(compiled, plain, rtol=1e-5, atol=1e-6)
+
+
+def _optimizer_steps(cfg: TrainConfig, init: np.ndarray, jit: bool, steps: int = 3) -> np.ndarray:
+    """``steps`` updates of ``cfg``'s optimizer on one table, in a ``tf.function`` compiled with XLA or not."""
+    var = tf.Variable(init)
+    optimizer = build_optimizer(cfg)
+    optimizer.build([var])
+
+    @tf.function(jit_compile=jit)
+    def step() -> None:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(tf.gather(var, [0, 2, 2]) - 1.0))
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, [var])]  # dense, as the trainer
+        optimizer.apply_gradients(zip(grads, [var], strict=True))
+
+    for _ in range(steps):
+        step()
+    return var.numpy()
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
@@ -198,12 +247,15 @@ def test_every_activation_builds_and_trains(name: str) -> None:
     data = small_data()
     cfg = TrialConfig(
         model=ModelConfig(layers=(16, 8), embedding_dim=8, activation=name),
-        train=TrainConfig(epochs=1, batch_size=1024, eval_every=1),
+        train=TrainConfig(epochs=1, batch_size=1024, eval_every=1, jit=False),
     )
     _, result = train(cfg, data)
     assert math.isfinite(result.history[0].loss)
     x = tf.constant([-2.0, 0.0, 3.0])
     assert get_activation(name)(x).shape == (3,)
+    # Under XLA too, as the default (jit) trainer compiles it: what differs between the models here is the
+    # activation alone, so compiling it (and its gradient) is the check; compiling whole epochs costs seconds each.
+    _assert_same_under_xla(get_activation(name), tf.constant(np.linspace(-3.0, 3.0, 13), tf.float32))
 
 
 @pytest.mark.parametrize("body", sorted(BODIES))
@@ -212,12 +264,15 @@ def test_every_body_output_shape(body: str, structure: str) -> None:
     data = small_data()
     cfg = TrialConfig(
         model=ModelConfig(layers=(24, 12), embedding_dim=8, body=body, cross_structure=structure, cross_layers=2),
-        train=TrainConfig(epochs=1, batch_size=1024),
+        train=TrainConfig(epochs=1, batch_size=1024, jit=False),
     )
     model, result = train(cfg, data)
     out = model.candidate_tower(tf.constant([1, 2, 3]))
     assert out.shape == (3, 12)
     assert math.isfinite(result.history[0].loss)
+    # Under XLA too (the default trainer compiles the epoch): the body is what differs between these models.
+    body_layer = build_body(cfg.model)
+    _assert_same_under_xla(body_layer, tf.constant(np.random.default_rng(0).normal(size=(5, 20)), tf.float32))
 
 
 @pytest.mark.parametrize(
@@ -291,8 +346,9 @@ def test_folded_and_plain_training_agree() -> None:
     data = small_data()
     # lr 0.01: at Adagrad 0.1 on a summed loss, float rounding differences between the two (equal) formulas grow
     # chaotically over steps; at 0.01 both runs agree to the printed digits.
-    _, folded = train(_cfg(epochs=2, fold=True, learning_rate=0.01), data)
-    _, plain = train(_cfg(epochs=2, fold=False, learning_rate=0.01), data)
+    # jit=False: the two formulas are compared, not XLA (which the other trainer tests compile the folded epoch with).
+    _, folded = train(_cfg(epochs=2, fold=True, learning_rate=0.01, jit=False), data)
+    _, plain = train(_cfg(epochs=2, fold=False, learning_rate=0.01, jit=False), data)
     assert [h.loss for h in folded.history] == pytest.approx([h.loss for h in plain.history], rel=1e-5)
 
 
@@ -335,7 +391,7 @@ def test_rank_function_shared_between_models() -> None:
 def test_chunked_padded_ranks_equal_one_pass() -> None:
     """The last, short chunk is padded to the chunk shape and cut off: ranks match an unchunked pass."""
     data = small_data()
-    cfg = _cfg(epochs=1)
+    cfg = _cfg(epochs=1, jit=False)  # the evaluators below choose their own jit; the training's does not matter
     model, _ = train(cfg, data)
     n = len(data.valid)
     chunk = 7 if n % 7 else 9  # a short last chunk
