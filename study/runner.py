@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from study.config import RunSettings, TrialConfig
-from study.errors import ConfigError
+from study.errors import ConfigError, StudyError
 from study.locks import StartLock
 from study.progress import Progress, format_seconds
 from study.results import (
@@ -50,6 +50,10 @@ SAMPLERS: dict[str, Callable[[int | None, bool], optuna.samplers.BaseSampler]] =
     "qmc": lambda seed, multi: optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False),
     "nsga2": lambda seed, multi: optuna.samplers.NSGAIISampler(seed=seed),
 }
+
+#: A run stops with an error after this many failed trials in a row (a NaN loss or a timeout now and then is normal,
+#: every trial failing is a broken setup).
+MAX_FAILED_IN_A_ROW = 10
 
 PRUNERS: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
     "hyperband": lambda max_epochs: optuna.pruners.HyperbandPruner(
@@ -445,7 +449,12 @@ def run_trials(run: PreparedRun, out: Any = None, started: float | None = None) 
     progress = Progress(settings.trials, run.finished_before, settings.metric, settings.quiet, out)
     progress.show_bar = worker_number() is None
     objective = Objective(space=run.space, data=run.data, settings=settings, versions=dict(versions()))
-    objective, callbacks = with_dashboard(objective, [progress.trial_done], settings.storage)
+    last: dict[str, Any] = {}  # the last trial this process ran (state, why it failed)
+
+    def remember(_: optuna.Study, trial: FrozenTrial) -> None:
+        last["state"], last["reason"] = trial.state, trial.user_attrs.get(TrialAttr.FAIL_REASON, "no reason stored")
+
+    objective, callbacks = with_dashboard(objective, [progress.trial_done, remember], settings.storage)
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     signalled: list[int] = []
 
@@ -467,6 +476,7 @@ def run_trials(run: PreparedRun, out: Any = None, started: float | None = None) 
         return objective(trial)
 
     ran = 0  # trials this process started
+    failed_in_a_row = 0
     interrupted = recycled = False
     try:
         while True:
@@ -509,6 +519,13 @@ def run_trials(run: PreparedRun, out: Any = None, started: float | None = None) 
                 start_lock.release()  # when the trial never reached the objective (ask failed)
             if signalled:
                 raise KeyboardInterrupt
+            failed_in_a_row = failed_in_a_row + 1 if last.get("state") == TrialState.FAIL else 0
+            if failed_in_a_row >= MAX_FAILED_IN_A_ROW:
+                # Failed trials do not count towards --trials, so a cause that fails every trial would loop forever.
+                raise StudyError(
+                    f"{failed_in_a_row} trials in a row failed, the last with: {last['reason']}; the finished trials "
+                    f"are saved in {mask_url(settings.storage)}: fix the cause and run the same command to resume"
+                )
     except KeyboardInterrupt:
         interrupted = True
         _fail_own_running(optuna_study)

@@ -3,6 +3,7 @@ resumes the study: what bounds a long run's memory, since TensorFlow's XLA cache
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -69,3 +70,26 @@ def test_restart_after_settings(argv: list[str], env: str | None, expected: int,
         monkeypatch.setenv(ENV_RESTART_AFTER, env)
     args = cli.build_parser().parse_args(["run", *argv])
     assert cli.restart_after(args) == expected
+
+
+def test_a_run_whose_every_trial_fails_stops_with_the_reason(tmp_path: Path) -> None:
+    """Failed trials do not count towards --trials: a cause that fails every trial must stop the run, not loop."""
+    from study.config import RunSettings
+    from study.errors import StudyError
+    from study.runner import MAX_FAILED_IN_A_ROW, run_study
+
+    data = write_dataset(tmp_path / "data.csv", n_rows=1500)
+    space = write_space(tmp_path / "tiny.yaml", TINY_SPACE)
+    settings = RunSettings(
+        space=str(space),
+        dataset=f"csv:{data}",
+        storage=f"sqlite:///{tmp_path / 'f.db'}",
+        study_name="f",
+        trials=3,
+        trial_timeout=1e-6,  # every trial fails after its first epoch
+        quiet=True,
+    )
+    with pytest.raises(StudyError, match=f"{MAX_FAILED_IN_A_ROW} trials in a row failed.*exceeded --trial-timeout"):
+        run_study(settings, io.StringIO())
+    trials = load(tmp_path / "f.db", "f").trials
+    assert len(trials) == MAX_FAILED_IN_A_ROW and all(t.state.name == "FAIL" for t in trials)
