@@ -698,10 +698,22 @@ def test_baseline_params_default_and_quick() -> None:
     assert rejected == []
     assert [p["depth"] for p in admitted] == [1, 2, 3]
     assert admitted[2] == {
-        "depth": 3, "units_0": 128, "units_1": 64, "output_dim": 32, "activation": "relu", "body": "mlp",
-        "embedding": "full", "embedding_dim": 32, "normalize": False, "optimizer": "adagrad", "learning_rate": 0.1,
+        "depth": 3,
+        "units_0": 128,
+        "units_1": 64,
+        "output_dim": 32,
+        "activation": "relu",
+        "body": "mlp",
+        "embedding": "full",
+        "embedding_dim": 32,
+        "normalize": False,
+        "sampling_bias_correction": False,
+        "remove_accidental_hits": False,
+        "num_hard_negatives": None,
+        "optimizer": "adagrad",
+        "learning_rate": 0.1,
         "batch_size": 2048,
-    }  # fmt: skip
+    }  # the tutorial's loss: no option on
     admitted, rejected = baseline_params(load_space("quick"))
     assert admitted == []
     assert len(rejected) == 3
