@@ -280,7 +280,9 @@ class Trainer:
         self.optimizer = build_optimizer(cfg)
         self.variables = model.trainable_variables
         self.optimizer.build(self.variables)
-        self._train = {k: tf.constant(v) for k, v in _features(data.train).items()}
+        # Ratings go into the compiled epoch only for a model that trains on them.
+        rated = getattr(model, "rating_model", None) is not None
+        self._train = {k: tf.constant(v) for k, v in _features(data.train).items() if rated or k != "rating"}
         self._train_items = np.asarray(data.train.item)
         self.unique_cap = 0
         self._next_perm: np.ndarray | None = None
