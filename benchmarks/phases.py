@@ -53,7 +53,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
         t = time.perf_counter()
         model = build_model(cfg, data)
         trainer = Trainer(model, data, cfg.train)
-        evaluator = Evaluator(model, jit=cfg.train.jit)
+        evaluator = Evaluator(model)
         totals["build"] += time.perf_counter() - t
         for epoch in range(args.epochs):
             t = time.perf_counter()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import study  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from study.config import DEFAULT_VALIDATION_SAMPLE
 from study.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ConfigError, StudyError
 from study.storage import DEFAULT_STORAGE
 from study.workers import (
@@ -225,6 +226,13 @@ def _run_parser(sub: Any) -> None:
     p.add_argument("--eval-every", type=int, help="evaluate every N epochs")
     p.add_argument("--metric", default=None, help="validation metric to maximise (default top100)")
     p.add_argument("--patience", type=int, help="stop a trial after N evaluations without improvement")
+    p.add_argument(
+        "--validation-sample",
+        type=int,
+        metavar="ROWS",
+        help=f"score each epoch on this many validation rows (default {DEFAULT_VALIDATION_SAMPLE}, 0 = all); "
+        "complete trials are scored on all",
+    )
     p.add_argument("--seed", type=int, help="seed the sampler and training: same seed, same sampled params")
     p.add_argument("--baselines", action="store_true", help="enqueue the TFRS tutorial's configs as first trials")
     p.add_argument("--objectives", help="comma-separated, e.g. top100,embedding_bytes (multi-objective)")
@@ -263,6 +271,8 @@ def run_settings_from_args(args: argparse.Namespace) -> Any:
         raise ConfigError(f"--eval-every: must be >= 1, but got {args.eval_every}")
     if args.patience is not None and args.patience < 0:
         raise ConfigError(f"--patience: must be >= 0, but got {args.patience}")
+    if args.validation_sample is not None and args.validation_sample < 0:
+        raise ConfigError(f"--validation-sample: must be >= 0 (0 = all rows), but got {args.validation_sample}")
     if args.jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, but got {args.jobs}")
     cores = os.cpu_count() or 1
@@ -306,6 +316,7 @@ def run_settings_from_args(args: argparse.Namespace) -> Any:
         objectives=objectives,
         max_embedding_mb=args.max_embedding_mb,
         patience=args.patience,
+        validation_sample=args.validation_sample,
         test_best=not args.no_test,
         quiet=args.quiet,
         jobs=args.jobs,

@@ -15,6 +15,10 @@ from typing import Any
 from study.errors import ConfigError
 
 ALL_KS: tuple[int, ...] = (1, 5, 10, 50, 100)
+# Validation rows each epoch's evaluation uses during a search: a pass then costs a bounded share of an epoch at every
+# data size (docs/benchmarks.md, "Cost growth"). Complete trials are scored on every row.
+DEFAULT_VALIDATION_SAMPLE = 2048
+VALIDATION_SAMPLE_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,9 @@ class TrainConfig:
         ks: cut-offs of the top-k metrics.
         metric: the metric a study optimises, e.g. ``top100`` (see ``train.METRIC_NAMES``).
         jit: compile the training epoch with XLA.
+        jit_warmup: with ``jit``, the first N epochs run as a plain TensorFlow graph and the epoch is compiled with
+            XLA only when training goes on past them, so a trial pruned within them never pays XLA's compilation
+            (several seconds on a small CPU; docs/benchmarks.md, "Compile cost").
         fold: score each batch against its distinct items with ``log(count)`` logit offsets (same loss and
             gradients as the plain in-batch softmax, less work; see ``model.folded_softmax_loss``).
     """
@@ -148,6 +155,7 @@ class TrainConfig:
     ks: tuple[int, ...] = ALL_KS
     metric: str = "top100"
     jit: bool = True
+    jit_warmup: int = 0
     fold: bool = True
 
     def __post_init__(self) -> None:
@@ -162,6 +170,8 @@ class TrainConfig:
             raise ConfigError(f"train.eval_every: must be >= 1, but got {self.eval_every}")
         if self.patience < 0:
             raise ConfigError(f"train.patience: must be >= 0, but got {self.patience}")
+        if self.jit_warmup < 0:
+            raise ConfigError(f"train.jit_warmup: must be >= 0, but got {self.jit_warmup}")
         if not self.ks or min(self.ks) < 1:
             raise ConfigError(f"train.ks: must be positive ints, but got {list(self.ks)}")
 
@@ -307,6 +317,9 @@ class RunSettings:
             never). TensorFlow's XLA cache never evicts, so a process keeps ~10-50 MB of every trial it compiled.
         restart_after: a single-process run (``--jobs 1`` without ``--recycle-after``) that has run this many trials
             replaces itself with a fresh process (exec) that resumes the study, for the same reason (0 = never).
+        validation_sample: validation rows each epoch's evaluation (pruning, learning curves) uses; the best epoch
+            of a complete trial is then scored on every row (its value) (0 = every row every epoch; None = the
+            default, :data:`DEFAULT_VALIDATION_SAMPLE`, or the size a resumed study was created with).
         test_best: re-train the best trial and score it on the test split at the end.
         quiet: no per-trial lines.
     """
@@ -332,5 +345,6 @@ class RunSettings:
     jobs: int = 1
     recycle_after: int = 0
     restart_after: int = 0
+    validation_sample: int | None = None
     test_best: bool = True
     quiet: bool = False

@@ -60,6 +60,23 @@ class Interactions:
     def __len__(self) -> int:
         return int(self.user.shape[0])
 
+    def take(self, rows: np.ndarray) -> Interactions:
+        """The rows ``rows`` (int [k]) of every array, in that order."""
+        return Interactions(
+            *(
+                _readonly(np.asarray(a)[rows])
+                for a in (self.user, self.time_bucket, self.time_norm, self.item, self.rating)
+            )
+        )
+
+    def sample(self, size: int, seed: int = 0) -> Interactions:
+        """``size`` rows drawn without replacement (the same rows for the same split, size and seed), kept in their
+        order; every row when ``size`` is 0 or not below the split's length."""
+        n = len(self)
+        if size <= 0 or size >= n:
+            return self
+        return self.take(np.sort(np.random.default_rng(seed).choice(n, size, replace=False)))
+
 
 @dataclass(frozen=True)
 class EncodedData:

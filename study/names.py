@@ -96,6 +96,7 @@ class TrialAttr:
     RETRY_OF = "retry_of"
     RETRIED_FROM = "retried_from"
     BASELINE = "baseline"
+    VALIDATION_SAMPLE = "validation_sample"
 
 
 class StudyAttr:
@@ -118,6 +119,7 @@ class StudyAttr:
     TEST_TRIAL = "test_trial"
     TEST_PROTOCOL = "test_protocol"
     SEED_RERUNS = "seed_reruns"
+    VALIDATION_SAMPLE = "validation_sample"
 
 
 # Parameter and size counts of the trial's model (``TwoTowerModel.param_counts``), also usable as objectives.
@@ -143,7 +145,10 @@ TRIAL_ATTRS: dict[str, str] = {
     TrialAttr.SECONDS_PER_EPOCH: "median training seconds per epoch (the first epoch, which compiles, left out)",
     TrialAttr.COMPILE_SECONDS: "seconds spent tracing and compiling",
     TrialAttr.BEST_EPOCH: "the epoch with the best validation metric (1-based)",
-    TrialAttr.VALID_METRICS: "every validation metric at the best epoch",
+    TrialAttr.VALID_METRICS: "every validation metric at the best epoch: over every validation row for a complete "
+    "trial, over the validation sample for a pruned one",
+    TrialAttr.VALIDATION_SAMPLE: "{rows, of, seed}: the validation rows its per-epoch values (pruning, curves) "
+    "were computed on; valid_metrics and the value of a complete trial use all rows",
     TrialAttr.PRUNED_AT_EPOCH: "the epoch at which the pruner stopped it",
     TrialAttr.PRUNED_REASON: "why it was pruned before training (e.g. --max-embedding-mb)",
     TrialAttr.FAIL_REASON: "why it failed (NaN loss, timeout, a dead worker, an error)",
@@ -172,4 +177,5 @@ STUDY_ATTRS: dict[str, str] = {
     StudyAttr.TEST_TRIAL: "which trial test_metrics belong to",
     StudyAttr.TEST_PROTOCOL: "the protocol test_metrics were measured on",
     StudyAttr.SEED_RERUNS: "`python -m study evaluate`'s results",
+    StudyAttr.VALIDATION_SAMPLE: "validation rows per-epoch evaluation uses (0 = all), fixed when the study is created",
 }

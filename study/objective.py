@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -11,8 +12,8 @@ from typing import Any
 
 import optuna
 
-from study.config import RunSettings, TrialConfig
-from study.data import EncodedData
+from study.config import DEFAULT_VALIDATION_SAMPLE, VALIDATION_SAMPLE_SEED, RunSettings, TrialConfig
+from study.data import EncodedData, Interactions
 from study.errors import ConfigError, NonFiniteLossError, StudyError
 from study.names import RATING_METRICS, TrialAttr, metric_direction
 from study.search_space import SearchSpace, suggest
@@ -117,6 +118,12 @@ class Objective:
     def objectives(self) -> tuple[str, ...]:
         return self.settings.objectives or (self.settings.metric,)
 
+    @functools.cached_property
+    def validation_sample(self) -> Interactions:
+        """The validation rows every epoch is scored on (the same rows for every trial of the study)."""
+        size = self.settings.validation_sample
+        return self.data.valid.sample(DEFAULT_VALIDATION_SAMPLE if size is None else size, VALIDATION_SAMPLE_SEED)
+
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         cfg = apply_overrides(suggest(trial, self.space), self.settings)
         trial.set_user_attr(TrialAttr.CONFIG, cfg.to_dict())
@@ -153,6 +160,11 @@ class Objective:
             trial.set_user_attr(TrialAttr.EPOCHS_RUN, 0)
             raise optuna.TrialPruned(reason)
         trainer = Trainer(model, self.data, cfg.train)
+        sample = self.validation_sample
+        trial.set_user_attr(
+            TrialAttr.VALIDATION_SAMPLE,
+            {"rows": len(sample), "of": len(self.data.valid), "seed": VALIDATION_SAMPLE_SEED},
+        )
         curve: list[list[float]] = []
         losses: list[list[float]] = []
         # with a rating head, both the top-100 and the RMSE curve (the report draws both)
@@ -202,7 +214,7 @@ class Objective:
             return False
 
         try:
-            result = trainer.fit(callback=callback, metric=metric)
+            result = trainer.fit(eval_split=sample, callback=callback, metric=metric, exact_split=self.data.valid)
         except optuna.TrialPruned:
             record(trainer.result, pruned_at=state.get("pruned_at"))
             raise

@@ -9,6 +9,7 @@ through the storage heartbeat — and its parameters are enqueued again.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -24,7 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from study.config import RunSettings, TrialConfig
+from study.config import DEFAULT_VALIDATION_SAMPLE, RunSettings, TrialConfig
 from study.errors import ConfigError, StudyError
 from study.locks import StartLock
 from study.progress import Progress, format_seconds
@@ -401,9 +402,13 @@ def prepare(settings: RunSettings, out: Any = None) -> PreparedRun:
             StudyAttr.PRUNER: pruner_name,
             StudyAttr.MAX_EPOCHS: max_epochs,
             StudyAttr.DATA_INFO: data.info,
+            StudyAttr.VALIDATION_SAMPLE: (
+                DEFAULT_VALIDATION_SAMPLE if settings.validation_sample is None else settings.validation_sample
+            ),
         }
         for key, value in stored.items():
             optuna_study.set_user_attr(key, value)
+    settings = _stored_validation_sample(optuna_study, settings, out)
     reaped = reap_dead_local_workers(optuna_study)
     if reaped:
         print(f"trials {reaped} were running in a worker that died; marked FAIL and queued again", file=out)
@@ -426,7 +431,26 @@ def prepare(settings: RunSettings, out: Any = None) -> PreparedRun:
             f"{data.num_items - 1} items), space {space.path}, sampler {settings.sampler}, pruner {pruner_name}",
             file=out,
         )
+    if 0 < settings.validation_sample < len(data.valid):
+        print(
+            f"each epoch is scored on the same {settings.validation_sample} of the {len(data.valid)} validation rows; "
+            "a complete trial's best epoch on all of them (--validation-sample)",
+            file=out,
+        )
     return PreparedRun(settings, space, data, optuna_study, storage, finished_before)
+
+
+def _stored_validation_sample(optuna_study: optuna.Study, settings: RunSettings, out: Any) -> RunSettings:
+    """``settings`` with the validation sample size the study was created with (0, all rows, for studies made
+    before there was one), so every trial of a study is pruned on the same rows."""
+    stored = int(optuna_study.user_attrs.get(StudyAttr.VALIDATION_SAMPLE) or 0)
+    if settings.validation_sample is not None and settings.validation_sample != stored:
+        print(
+            f"note: study {optuna_study.study_name!r} was created with --validation-sample {stored}; "
+            f"--validation-sample {settings.validation_sample} is ignored so that its trials stay comparable",
+            file=out,
+        )
+    return dataclasses.replace(settings, validation_sample=stored)
 
 
 def run_trials(run: PreparedRun, out: Any = None, started: float | None = None) -> RunSummary:

@@ -65,27 +65,22 @@ def _features(split: Interactions) -> dict[str, np.ndarray]:
     }
 
 
-def _ranks_of(query: tf.Tensor, candidates: tf.Tensor, item: tf.Tensor) -> tf.Tensor:
+def ranks_of(query: np.ndarray, candidates: np.ndarray, item: np.ndarray) -> np.ndarray:
     """int [chunk]: how many other candidates score >= the true item.
+
+    In numpy: its BLAS ran this skinny ``[chunk, dim] x [dim, items]`` product 2.5x faster than TensorFlow's kernels
+    (with or without XLA) on a 2-core CPU, and the pass is bound by writing the score matrix (docs/benchmarks.md).
 
     Args:
         query: [chunk, dim] query embeddings.
         candidates: [num_items - 1, dim] every real candidate (row ``i`` is item ``i + 1``).
         item: int [chunk], the true item of each query (1-based).
     """
-    scores = tf.matmul(query, candidates, transpose_b=True)  # [chunk, num_items - 1]
-    true = tf.gather(scores, item - 1, axis=1, batch_dims=1)  # [chunk]
+    scores = query @ candidates.T  # [chunk, num_items - 1]
+    true = scores[np.arange(len(scores)), np.asarray(item) - 1]  # [chunk], read from the same matrix: ties are exact
     # Candidates scoring >= the true item, less the true item itself: ties count against the model, so a collapsed
     # model that scores every item the same ranks last, not first. One pass over the scores.
-    return tf.reduce_sum(tf.cast(scores >= true[:, None], tf.int32), axis=1) - 1
-
-
-# One function for every model in the process: it captures no model, so XLA compiles it once per shape (chunk,
-# candidates, dim) and every later trial of that shape reuses the executable. A per-model compiled function cost a
-# compilation per trial, and TensorFlow's XLA cache never evicts, so each one also stayed in memory.
-_RANK_SIGNATURE = [tf.TensorSpec([None, None], tf.float32)] * 2 + [tf.TensorSpec([None], tf.int32)]
-_ranks_xla = tf.function(_ranks_of, jit_compile=True, input_signature=_RANK_SIGNATURE)
-_ranks_graph = tf.function(_ranks_of, input_signature=_RANK_SIGNATURE)
+    return (np.count_nonzero(scores >= true[:, None], axis=1) - 1).astype(np.int32)
 
 
 def rmse(predictions: np.ndarray, ratings: np.ndarray) -> float:
@@ -106,7 +101,7 @@ class Evaluator:
     A model with a rating head is also scored on its rating predictions (``rmse``), from the same query embeddings.
     """
 
-    def __init__(self, model: TwoTowerModel, chunk: int = 4096, jit: bool = True) -> None:
+    def __init__(self, model: TwoTowerModel, chunk: int = 1024) -> None:
         self.model = model
         self.chunk = chunk
         spec = {
@@ -125,14 +120,14 @@ class Evaluator:
         self._predict_fn = None
         if head is not None:
 
-            @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32)] * 2 + [_RANK_SIGNATURE[2]])
+            @tf.function(
+                input_signature=[tf.TensorSpec([None, None], tf.float32)] * 2 + [tf.TensorSpec([None], tf.int32)]
+            )
             def _predict(queries: tf.Tensor, candidates: tf.Tensor, item: tf.Tensor) -> tf.Tensor:
                 # row i of ``candidates`` is item i + 1; item 0 (unknown) never occurs in a split
                 return head(queries, tf.gather(candidates, tf.maximum(item - 1, 0)))  # [chunk]
 
             self._predict_fn = _predict
-
-        self._rank_fn = _ranks_xla if jit else _ranks_graph
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
         def _candidates(items: tf.Tensor) -> tf.Tensor:
@@ -150,27 +145,25 @@ class Evaluator:
         return self.score(split)[0]
 
     def score(self, split: Interactions) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(ranks int [n], predicted ratings float [n] or None without a rating head)``.
+        """``(ranks int [n], predicted ratings float [n] or None without a rating head)``, chunk by chunk.
 
-        Every chunk has the same shape (the last one is padded with copies of its last row, cut off after), so the
-        query tower traces once per model and the XLA-compiled rank function compiles once per shape in the process.
+        The query tower's function takes any chunk length (its signature is ``[None]``), so it traces once per model.
         """
         n = len(split)
         if n == 0:
             return np.zeros([0], np.int32), (None if self._predict_fn is None else np.zeros([0], np.float32))
-        candidates = self.candidate_embeddings()
-        size = min(self.chunk, n)
-        padded = -(-n // size) * size
-        feats = {k: np.pad(v, (0, padded - n), mode="edge") for k, v in _features(split).items()}
+        candidates = self.candidate_embeddings()  # [num_items - 1, dim]
+        candidates_np = candidates.numpy()
+        feats = _features(split)
         ranks, predictions = [], []
-        for start in range(0, padded, size):
-            chunk = {k: tf.constant(v[start : start + size]) for k, v in feats.items()}
-            queries = self._queries_fn(chunk)
-            ranks.append(self._rank_fn(queries, candidates, chunk["item"]).numpy())
+        for start in range(0, n, self.chunk):
+            chunk = {k: tf.constant(v[start : start + self.chunk]) for k, v in feats.items()}
+            queries = self._queries_fn(chunk)  # [chunk, dim]
+            ranks.append(ranks_of(queries.numpy(), candidates_np, feats["item"][start : start + self.chunk]))
             if self._predict_fn is not None:
                 predictions.append(self._predict_fn(queries, candidates, chunk["item"]).numpy())
-        rated = np.concatenate(predictions)[:n] if predictions else None
-        return np.concatenate(ranks)[:n], rated
+        rated = np.concatenate(predictions) if predictions else None
+        return np.concatenate(ranks), rated
 
     def evaluate(self, split: Interactions, ks: tuple[int, ...] = ALL_KS) -> dict[str, float]:
         """Top-k accuracy, recall@k and NDCG@k for each k (see :func:`metrics_from_ranks`), and ``rmse`` of the
@@ -242,6 +235,7 @@ class TrainResult:
     param_counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     compile_seconds: float = 0.0
+    sample_metrics: dict[str, float] | None = None
 
     @property
     def epochs_run(self) -> int:
@@ -285,6 +279,9 @@ class Trainer:
         self._train = {k: tf.constant(v) for k, v in _features(data.train).items() if rated or k != "rating"}
         self._train_items = np.asarray(data.train.item)
         self.unique_cap = 0
+        self.epochs_done = 0
+        self._jit = cfg.jit and cfg.jit_warmup == 0
+        self.fresh_function = False  # whether the last epoch traced (and compiled) its function
         self._next_perm: np.ndarray | None = None
         if cfg.fold:
             # Distinct items per batch vary little between random batches; size the (static) unique axis from the
@@ -311,9 +308,7 @@ class Trainer:
 
         if not self.cfg.fold:
 
-            @tf.function(
-                jit_compile=self.cfg.jit, input_signature=[tf.TensorSpec([num_batches * batch_size], tf.int32)]
-            )
+            @tf.function(jit_compile=self._jit, input_signature=[tf.TensorSpec([num_batches * batch_size], tf.int32)])
             def run_epoch(perm: tf.Tensor) -> tf.Tensor:
                 total = tf.constant(0.0)
                 for i in tf.range(num_batches):
@@ -329,7 +324,7 @@ class Trainer:
             return run_epoch
 
         @tf.function(
-            jit_compile=self.cfg.jit,
+            jit_compile=self._jit,
             input_signature=[
                 tf.TensorSpec([num_batches * batch_size], tf.int32),  # permutation
                 tf.TensorSpec([num_batches, cap], tf.int32),  # distinct items per batch (padded with row 0)
@@ -351,7 +346,19 @@ class Trainer:
         return run_folded_epoch
 
     def train_epoch(self) -> float:
-        """Run one epoch; returns the summed loss over its batches."""
+        """Run one epoch; returns the summed loss over its batches. ``fresh_function`` says afterwards whether it
+        traced (and compiled) the epoch function."""
+        if self.cfg.jit and not self._jit and self.epochs_done >= self.cfg.jit_warmup:
+            self._jit = True  # past the warm-up: from now on the XLA-compiled epoch
+            self._epoch_fn = self._make_epoch_fn()
+        self.epochs_done += 1
+        fn = self._epoch_fn
+        traced = fn.experimental_get_tracing_count()
+        loss = self._run_epoch()  # may re-size the fold and make a new function
+        self.fresh_function = self._epoch_fn is not fn or fn.experimental_get_tracing_count() > traced
+        return loss
+
+    def _run_epoch(self) -> float:
         perm = self._next_perm if self._next_perm is not None else self._permutation()
         self._next_perm = None
         if not self.cfg.fold:
@@ -369,11 +376,15 @@ class Trainer:
         eval_split: Interactions | None = None,
         callback: EpochCallback | None = None,
         metric: str | None = None,
+        exact_split: Interactions | None = None,
     ) -> TrainResult:
         """Train for ``cfg.epochs`` epochs, evaluating every ``cfg.eval_every`` epochs and after the last one.
 
         Args:
-            eval_split: the split to evaluate on (default: validation).
+            eval_split: the split to evaluate on each time and pick the best epoch with (default: validation).
+            exact_split: when given (e.g. all validation rows, with ``eval_split`` a sample of them): the weights of
+                the best epoch are kept and, once training ends, scored on it; those are ``best_metrics`` and
+                ``best_value`` (the sample's go to ``sample_metrics``). Not done when a callback raises.
             callback: called after every epoch with its :class:`EpochResult`; a truthy return stops training.
                 It may raise (e.g. ``optuna.TrialPruned``), which propagates.
             metric: the metric that picks the best epoch (default ``cfg.metric``).
@@ -388,7 +399,9 @@ class Trainer:
             raise ValueError(f"metric {metric!r} needs a model with a rating head (model.rating_head: true)")
         lower_is_better = metric_direction(metric) == "minimize"
         eval_split = self.data.valid if eval_split is None else eval_split
-        evaluator = Evaluator(self.model, jit=self.cfg.jit)
+        evaluator = Evaluator(self.model)
+        exact = exact_split is not None and exact_split is not eval_split
+        best_weights: list[np.ndarray] | None = None
         ks = tuple(sorted(set(cfg.ks) | ({cutoff} if cutoff else set())))
         result = TrainResult(param_counts=self.model.param_counts())
         self.result = result  # readable after an exception raised by the callback (e.g. pruning)
@@ -398,8 +411,8 @@ class Trainer:
             t0 = time.perf_counter()
             loss = self.train_epoch()
             train_seconds = time.perf_counter() - t0
-            if epoch == 1:
-                result.compile_seconds = train_seconds
+            if self.fresh_function:  # the first epoch, the first XLA epoch after a warm-up, a re-sized fold
+                result.compile_seconds += train_seconds
             mean_loss = loss / self.num_batches
             if not math.isfinite(loss):
                 result.history.append(EpochResult(epoch, mean_loss, train_seconds))
@@ -415,6 +428,8 @@ class Trainer:
                 if not result.best_metrics or better:
                     result.best_value, result.best_epoch, result.best_metrics = value, epoch, dict(record.metrics)
                     since_best = 0
+                    if exact:
+                        best_weights = self.model.get_weights()
                 else:
                     since_best += 1
             result.history.append(record)
@@ -425,6 +440,13 @@ class Trainer:
             if cfg.patience and since_best >= cfg.patience:
                 result.stopped_early = True
                 break
+        if exact and best_weights is not None:
+            last_weights = self.model.get_weights()
+            self.model.set_weights(best_weights)
+            result.sample_metrics = result.best_metrics
+            result.best_metrics = evaluator.evaluate(exact_split, ks)
+            result.best_value = result.best_metrics[metric]
+            self.model.set_weights(last_weights)  # the model ends where training ended, with or without a sample
         result.seconds = time.perf_counter() - start
         return result
 

@@ -233,6 +233,8 @@ class Workers:
         )
         if self.jobs > 1:  # one worker (--recycle-after alone) keeps TensorFlow's default threads
             env[ENV_THREADS] = str(self.threads)
+            # numpy's BLAS (the validation's score matmul) sizes its pool at import, from these
+            env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(self.threads)
         if wait:
             env[ENV_WAIT] = "1"
         proc = subprocess.Popen(
