@@ -139,3 +139,26 @@ def test_search_quality_benchmark_runs_and_reports(tmp_path: Path) -> None:
     assert re.search(
         r"^paired by seed, extended - base, test top100: [+-]\d\.\d{4}±nan over 1 seeds", proc.stdout, re.M
     )
+
+
+@pytest.mark.slow
+def test_scale_benchmark_runs_and_reports() -> None:
+    """benchmarks/scale.py at one tiny size, one timed epoch: the size runs in its own process, the table has its
+    row, and the closing line holds one positive value per size for every field."""
+    proc = run_benchmark("scale.py", "--sizes", "20000:500", "--epochs", "1")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    match = re.match(
+        r"^scale: encode_per_1m_rows=(?P<encode>\S+) epoch_per_1m_rows=(?P<epoch>\S+) "
+        r"per_row_epoch_ratio_max=(?P<epoch_ratio>\S+) per_row_encode_ratio_max=(?P<encode_ratio>\S+) "
+        r"sample_share_max=(?P<share>\S+) exact_valid_s=(?P<valid>\S+) peak_rss_mb=(?P<rss>\S+)$",
+        lines[-1],
+    )
+    assert match, f"unexpected last line: {lines[-1]!r}"
+    for name in ("encode", "epoch", "valid", "rss"):
+        values = [float(v) for v in match[name].split(",")]
+        assert len(values) == 1 and all(0 < v < float("inf") for v in values), (name, match[name])
+    # one size: its per-row cost is the smallest and the largest
+    assert float(match["epoch_ratio"]) == float(match["encode_ratio"]) == 1.0, lines[-1]
+    assert 0 < float(match["share"]) < float("inf"), lines[-1]
+    assert sum(1 for line in lines if re.match(r"^\s+20000\s+500 \|", line)) == 1, proc.stdout
