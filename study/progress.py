@@ -37,8 +37,11 @@ class Progress:
     worker's pipe) each update is a line of its own unless ``quiet``.
     """
 
-    def __init__(self, target: int, finished: int, metric: str, quiet: bool, stream: Any = None) -> None:
+    def __init__(
+        self, target: int, finished: int, metric: str, quiet: bool, stream: Any = None, elapsed_before: float = 0.0
+    ) -> None:
         self.target = target
+        self.elapsed_before = elapsed_before  # a run that restarted itself: its time before the restart
         self.start_finished = finished
         self.metric = metric
         self.quiet = quiet
@@ -88,7 +91,7 @@ class Progress:
         text = (
             f"[{'#' * fill}{'.' * (width - fill)}] {finished}/{self.target} finished"
             f"  {best_text}"
-            f"  elapsed {format_seconds(elapsed)}  ETA {format_seconds(eta)}"
+            f"  elapsed {format_seconds(elapsed + self.elapsed_before)}  ETA {format_seconds(eta)}"
         )
         if self.tty:
             print("\r" + text, end="", file=self.stream, flush=True)

@@ -470,7 +470,9 @@ def run_trials(run: PreparedRun, out: Any = None, started: float | None = None) 
     out = out or sys.stdout
     settings, optuna_study = run.settings, run.optuna_study
     started = time.perf_counter() if started is None else started
-    progress = Progress(settings.trials, run.finished_before, settings.metric, settings.quiet, out)
+    progress = Progress(
+        settings.trials, run.finished_before, settings.metric, settings.quiet, out, time.perf_counter() - started
+    )
     progress.show_bar = worker_number() is None
     objective = Objective(space=run.space, data=run.data, settings=settings, versions=dict(versions()))
     last: dict[str, Any] = {}  # the last trial this process ran (state, why it failed)

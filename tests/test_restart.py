@@ -93,3 +93,18 @@ def test_a_run_whose_every_trial_fails_stops_with_the_reason(tmp_path: Path) -> 
         run_study(settings, io.StringIO())
     trials = load(tmp_path / "f.db", "f").trials
     assert len(trials) == MAX_FAILED_IN_A_ROW and all(t.state.name == "FAIL" for t in trials)
+
+
+def test_the_progress_bar_counts_the_time_before_a_restart() -> None:
+    """After a restart the bar's elapsed time includes the earlier process's (the ETA uses this process's rate)."""
+    import optuna
+
+    from study.progress import Progress
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna_study = optuna.create_study()
+    optuna_study.add_trial(optuna.trial.create_trial(value=0.5))
+    out = io.StringIO()
+    bar = Progress(10, 0, "top100", quiet=False, stream=out, elapsed_before=3723.0)
+    bar.bar(optuna_study, 1)
+    assert "1/10 finished" in out.getvalue() and "elapsed 1:02:03" in out.getvalue(), out.getvalue()

@@ -418,18 +418,14 @@ def test_jit_warmup_compiles_only_after_the_warmup_epochs() -> None:
     data = small_data()
     cfg = _cfg(epochs=4, jit=True, jit_warmup=2, learning_rate=0.05)
     trainer = Trainer(build_model(cfg, data), data, cfg.train)
-    fresh, losses = [], []
-    for _ in range(4):
-        losses.append(trainer.train_epoch())
-        fresh.append(trainer.fresh_function)
+    fresh = []
+    result = trainer.fit(callback=lambda r: fresh.append(trainer.fresh_function))
     assert fresh == [True, False, True, False]
     assert trainer._epoch_fn.function_spec.jit_compile is True
+    assert result.compile_seconds == pytest.approx(result.history[0].train_seconds + result.history[2].train_seconds)
     plain_cfg = _cfg(epochs=4, jit=False, learning_rate=0.05)
-    plain = Trainer(build_model(plain_cfg, data), data, plain_cfg.train)
-    assert losses == pytest.approx([plain.train_epoch() for _ in range(4)], rel=1e-3)
-    result = Trainer(build_model(cfg, data), data, cfg.train).fit()
-    first, third = result.history[0].train_seconds, result.history[2].train_seconds
-    assert result.compile_seconds == pytest.approx(first + third)
+    _, plain = train(plain_cfg, data)
+    assert [h.loss for h in result.history] == pytest.approx([h.loss for h in plain.history], rel=1e-3)
 
 
 def test_jit_warmup_must_not_be_negative() -> None:
