@@ -46,10 +46,13 @@ def test_train_speed_runs_and_reports() -> None:
 
 
 @pytest.mark.slow
-def test_parallel_benchmark_runs_and_reports() -> None:
-    """benchmarks/parallel.py end to end on 2 one-epoch trials per run, two pairs (alternating which run goes first):
-    every run finishes, each pair reports its ratio, and the last line is their median."""
-    proc = run_benchmark("parallel.py", "--trials", "2", "--epochs", "1", "--repeat", "2")
+def test_parallel_benchmark_runs_and_reports(tmp_path: Path) -> None:
+    """benchmarks/parallel.py end to end on 2 one-epoch trials per run on a small CSV, two pairs (alternating which
+    run goes first): every run finishes, each pair reports its ratio, and the last line is their median."""
+    from e2e_util import write_dataset
+
+    data = write_dataset(tmp_path / "interactions.csv", n_rows=3000)
+    proc = run_benchmark("parallel.py", "--trials", "2", "--epochs", "1", "--repeat", "2", "--dataset", f"csv:{data}")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     match = re.match(r"^parallel: jobs=2 speedup=(\d+\.\d\d)$", lines[-1])
@@ -86,10 +89,15 @@ def test_phases_benchmark_runs_and_reports() -> None:
 
 
 @pytest.mark.slow
-def test_recycle_benchmark_runs_and_reports() -> None:
-    """benchmarks/recycle.py on 3 one-epoch trials, one worker: the recycled run takes 3 processes, the other one, and
-    the last line holds positive ratios."""
-    proc = run_benchmark("recycle.py", "--trials", "3", "--epochs", "1", "--after", "1", "--jobs", "1")
+def test_recycle_benchmark_runs_and_reports(tmp_path: Path) -> None:
+    """benchmarks/recycle.py on 3 one-epoch trials on a small CSV, one worker: the recycled run takes 3 processes,
+    the other one, and the last line holds positive ratios."""
+    from e2e_util import write_dataset
+
+    data = write_dataset(tmp_path / "interactions.csv", n_rows=3000)
+    proc = run_benchmark(
+        "recycle.py", "--trials", "3", "--epochs", "1", "--after", "1", "--jobs", "1", "--dataset", f"csv:{data}"
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     match = re.match(r"^recycle: after=1 peak_rss=(\d+\.\d\d) wall=(\d+\.\d\d)$", lines[-1])
