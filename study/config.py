@@ -348,3 +348,8 @@ class RunSettings:
     validation_sample: int | None = None
     test_best: bool = True
     quiet: bool = False
+
+    @property
+    def validation_rows(self) -> int:
+        """``validation_sample``, or :data:`DEFAULT_VALIDATION_SAMPLE` when it is None."""
+        return DEFAULT_VALIDATION_SAMPLE if self.validation_sample is None else self.validation_sample

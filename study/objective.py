@@ -12,7 +12,7 @@ from typing import Any
 
 import optuna
 
-from study.config import DEFAULT_VALIDATION_SAMPLE, VALIDATION_SAMPLE_SEED, RunSettings, TrialConfig
+from study.config import VALIDATION_SAMPLE_SEED, RunSettings, TrialConfig
 from study.data import EncodedData, Interactions
 from study.errors import ConfigError, NonFiniteLossError, StudyError
 from study.names import RATING_METRICS, TrialAttr, metric_direction
@@ -121,8 +121,7 @@ class Objective:
     @functools.cached_property
     def validation_sample(self) -> Interactions:
         """The validation rows every epoch is scored on (the same rows for every trial of the study)."""
-        size = self.settings.validation_sample
-        return self.data.valid.sample(DEFAULT_VALIDATION_SAMPLE if size is None else size, VALIDATION_SAMPLE_SEED)
+        return self.data.valid.sample(self.settings.validation_rows, VALIDATION_SAMPLE_SEED)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         cfg = apply_overrides(suggest(trial, self.space), self.settings)

@@ -25,7 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from study.config import DEFAULT_VALIDATION_SAMPLE, RunSettings, TrialConfig
+from study.config import RunSettings, TrialConfig
 from study.errors import ConfigError, StudyError
 from study.locks import StartLock
 from study.progress import Progress, format_seconds
@@ -402,9 +402,7 @@ def prepare(settings: RunSettings, out: Any = None) -> PreparedRun:
             StudyAttr.PRUNER: pruner_name,
             StudyAttr.MAX_EPOCHS: max_epochs,
             StudyAttr.DATA_INFO: data.info,
-            StudyAttr.VALIDATION_SAMPLE: (
-                DEFAULT_VALIDATION_SAMPLE if settings.validation_sample is None else settings.validation_sample
-            ),
+            StudyAttr.VALIDATION_SAMPLE: settings.validation_rows,
         }
         for key, value in stored.items():
             optuna_study.set_user_attr(key, value)

@@ -89,6 +89,11 @@ CASES: dict[str, tuple[list[str], int, list[str]]] = {
         1,
         ["--patience", "got -1"],
     ),
+    "negative_validation_sample": (
+        RUN + ["--space", "SPACE", "--validation-sample", "-1"],
+        1,
+        ["--validation-sample", "got -1"],
+    ),
     "negative_seed": (RUN + ["--space", "SPACE", "--seed", "-1"], 1, ["--seed", "got -1"]),
     "negative_recycle_after": (
         RUN + ["--space", "SPACE", "--recycle-after", "-2"],
